@@ -1,0 +1,105 @@
+"""The router protocol every routing policy implements, and the registry that picks one by name.
+
+A router sees one decode step of the model that holds a row and answers a yes/no question per row:
+in ``token`` mode, "does the LLM write this position instead of the SLM?"; in ``stitch`` mode the
+same question opens an LLM span, and ``keep_llm`` decides after each LLM token whether the LLM keeps
+control. ``speculative`` mode is lossless drafting; its router only fixes the draft length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+MODES = ("token", "stitch", "speculative")
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What a router may look at for the rows it is asked about (b rows).
+
+    Attributes:
+        logits: (b, V) raw next-token logits of the producing model (before temperature).
+        hidden: (b, H) its last-layer hidden state (after the final norm) at that position.
+        token: (b,) the token that model proposes (greedy or sampled).
+        gens: one routing generator per row, seeded per sample, so decisions do not depend on the
+            batch a sample lands in.
+    """
+
+    logits: Tensor
+    hidden: Tensor
+    token: Tensor
+    gens: list[torch.Generator] = field(default_factory=list)
+
+
+class Router:
+    """Base class: a policy deciding which positions the LLM writes."""
+
+    name: ClassVar[str] = "base"
+    mode: ClassVar[str] = "token"
+    threshold: float | None = None
+
+    def route(self, slm: StepView) -> Tensor:
+        """(b,) bool: True where the LLM should write this position instead of the SLM."""
+        raise NotImplementedError
+
+    def keep_llm(self, llm: StepView) -> Tensor:
+        """Stitch mode only. (b,) bool: True where the LLM keeps control after its token."""
+        return torch.zeros(llm.token.shape[0], dtype=torch.bool, device=llm.token.device)
+
+    @property
+    def num_params(self) -> int:
+        """Parameters run per router call (0 for training-free policies)."""
+        return 0
+
+    def info(self) -> dict[str, Any]:
+        """Run-level description recorded in the results (kind, threshold, checkpoint hash)."""
+        return {"router": self.name, "mode": self.mode, "threshold": self.threshold}
+
+
+# name -> factory(cfg, slm_model) -> Router. Factories import lazily so a name costs nothing.
+_REGISTRY: dict[str, Callable[..., Router]] = {}
+
+
+def register_router(name: str) -> Callable[[Callable[..., Router]], Callable[..., Router]]:
+    """Decorator: register a router factory ``f(cfg, slm) -> Router`` under ``name``."""
+
+    def deco(factory: Callable[..., Router]) -> Callable[..., Router]:
+        if name in _REGISTRY:
+            raise ValueError(f"router {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def router_names() -> list[str]:
+    """Every registered router name."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_router(name: str, cfg: Any, slm: torch.nn.Module | None = None) -> Router:
+    """Build the router ``name`` for config ``cfg`` (an unknown name lists the valid ones)."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](cfg, slm)
+
+
+def _load_builtin() -> None:
+    from lm_eval_routed.routers import citer, entropy, r2r, speculative, static  # noqa: F401
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file (checkpoint fingerprints in run info)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
