@@ -8,7 +8,10 @@ import sys
 # name -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "tasks-path": ("lm_eval_routed.cli:tasks_path", "print the folder holding the task YAMLs"),
-    "exec-check": ("lm_eval_routed.sandbox:exec_check_main", "run one solution against one problem"),
+    "exec-check": (
+        "lm_eval_routed.sandbox:exec_check_main",
+        "run one solution against one problem",
+    ),
     "demo": ("lm_eval_routed.jobs.demo:main", "score routers on the offline demo pair"),
     "train": ("lm_eval_routed.training.cli:main", "build router labels and train routers"),
     "calibrate": ("lm_eval_routed.training.calibrate:main", "calibrate entropy thresholds"),
@@ -37,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"lm-eval-routed: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"lm-eval-routed: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module, func = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)

@@ -1,0 +1,140 @@
+"""The per-sample accounting record (a project contract) and the cost model behind modeled latency.
+
+Activated parameters follow R2R (arXiv 2505.21600, Sec. 5): per sample,
+    (n_slm_tokens * P_slm + n_llm_tokens * P_llm) / (n_slm_tokens + n_llm_tokens),
+which charges neither the SLM forward on routed positions nor the router. ``activated_params_charged``
+adds both: the SLM on every generated token, the LLM on every position it scored, the router per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per forward call: ``fixed + per_token * tokens`` for each model, ``router`` per call."""
+
+    slm: tuple[float, float]
+    llm: tuple[float, float]
+    router: float = 0.0
+    source: str = "config"  # "config" or "measured"
+
+    def forward_s(self, model: str, tokens: int) -> float:
+        """Modeled seconds of one forward of ``model`` ('slm' or 'llm') over ``tokens`` tokens."""
+        fixed, per_token = self.slm if model == "slm" else self.llm
+        return fixed + per_token * tokens
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One generated sample's accounting (DESIGN.md contract); ``tokens_slm + tokens_llm == tokens``."""
+
+    tokens: int
+    tokens_slm: int
+    tokens_llm: int
+    llm_share: float
+    switches: int
+    slm_forward_tokens: int
+    llm_forward_tokens: int
+    router_calls: int
+    params_slm: int
+    params_llm: int
+    params_router: int
+    activated_params: float
+    activated_params_charged: float
+    latency_s: float
+    modeled_latency_s: float
+    llm_positions: list[int] = field(default_factory=list)
+    llm_calls: int = 0
+    slm_calls: int = 0
+    scored_by: str = "generate"  # "generate", or "llm" for loglikelihood requests
+    key: dict[str, Any] = field(default_factory=dict)  # task, doc_id, repeat, prompt_hash
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SampleTally:
+    """Counters a row accumulates while it decodes; frozen into a SampleRecord at the end."""
+
+    producers: list[str] = field(default_factory=list)  # "slm" / "llm" per committed token
+    slm_forward_tokens: int = 0
+    llm_forward_tokens: int = 0
+    llm_scored_positions: int = (
+        0  # LLM output positions used (1 per call; drafts + 1 when verifying)
+    )
+    router_calls: int = 0
+    slm_calls: int = 0
+    llm_calls: int = 0
+    latency_s: float = 0.0
+    modeled_latency_s: float = 0.0
+
+    def record(
+        self, params: tuple[int, int, int], key: dict[str, Any] | None = None
+    ) -> SampleRecord:
+        """Freeze the counters into the contract record, given (P_slm, P_llm, P_router)."""
+        p_slm, p_llm, p_router = params
+        n = len(self.producers)
+        n_llm = self.producers.count("llm")
+        n_slm = n - n_llm
+        activated = (n_slm * p_slm + n_llm * p_llm) / n if n else 0.0
+        charged = (
+            (n * p_slm + self.llm_scored_positions * p_llm + self.router_calls * p_router) / n
+            if n
+            else 0.0
+        )
+        switches = sum(a != b for a, b in zip(self.producers, self.producers[1:]))
+        return SampleRecord(
+            tokens=n,
+            tokens_slm=n_slm,
+            tokens_llm=n_llm,
+            llm_share=n_llm / n if n else 0.0,
+            switches=switches,
+            slm_forward_tokens=self.slm_forward_tokens,
+            llm_forward_tokens=self.llm_forward_tokens,
+            router_calls=self.router_calls,
+            params_slm=p_slm,
+            params_llm=p_llm,
+            params_router=p_router,
+            activated_params=activated,
+            activated_params_charged=charged,
+            latency_s=self.latency_s,
+            modeled_latency_s=self.modeled_latency_s,
+            llm_positions=[i for i, who in enumerate(self.producers) if who == "llm"],
+            llm_calls=self.llm_calls,
+            slm_calls=self.slm_calls,
+            key=dict(key or {}),
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_forward_cost(engine, repeats: int = 3, long: int = 32) -> tuple[float, float]:
+    """Fit ``fixed + per_token * n`` from timed forwards over 1 and ``long`` tokens (fresh caches)."""
+
+    def timed(n: int) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            cache = engine.new_cache(1, long + 1)
+            _sync(engine.device)
+            start = time.perf_counter()
+            engine.forward(cache, [0], [0], [[engine.pad_id] * n])
+            _sync(engine.device)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    timed(1)  # warm-up
+    one, many = timed(1), timed(long)
+    per_token = max(many - one, 0.0) / (long - 1)
+    return (max(one - per_token, 0.0), per_token)

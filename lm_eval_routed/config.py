@@ -1,0 +1,178 @@
+"""RoutedConfig: the one description of a routed run, from YAML, a preset name, or lm-eval model_args.
+
+Every user-facing form (``--model_args k=v,...``, ``config=demo``, a YAML file, ``ROUTED_MODEL_ARGS``)
+ends here, is validated once, and fails with one line naming the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULES = ("pause", "lockstep")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; its message is one line that says how to fix it."""
+
+
+@dataclass(frozen=True)
+class RoutedConfig:
+    """Everything a routed run needs. Field docs are the README's model_args table."""
+
+    slm: str = "demo:slm"
+    llm: str = "demo:llm"
+    router: str = "slm-only"
+    threshold: float | None = None  # router's own default when None
+    p: float = 0.1  # random router: LLM rate
+    router_ckpt: str | None = None
+    gamma: int = 4  # speculative: draft length
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"  # auto: cuda if available else cpu
+    batch_size: int = 1
+    max_length: int | None = None  # prompt + generation budget; default: the LLM's context size
+    max_gen_toks: int = 256
+    llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = chosen from the batch size
+    schedule: str = (
+        "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
+    )
+    seed: int = 1234
+    cost_slm: tuple[float, float] | None = (
+        None  # (fixed s per forward, s per token); None = measure
+    )
+    cost_llm: tuple[float, float] | None = None
+    cost_router: float | None = None  # s per router call; None = measure
+    accounting_path: str | None = None  # per-sample JSONL; default: next to lm-eval's sample logs
+    trust_remote_code: bool = False
+    name: str | None = None  # label used in leaderboards; default built from router + threshold
+    extra: dict[str, Any] = field(default_factory=dict)  # router-specific keys kept verbatim
+
+    def __post_init__(self) -> None:
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"p={self.p} is out of range; give a rate between 0 and 1")
+        for key in ("batch_size", "max_gen_toks", "gamma"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be a positive integer")
+        if self.llm_min_batch < 0:
+            raise ConfigError("llm_min_batch must be >= 0 (0 picks it from the batch size)")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
+            raise ConfigError(
+                f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"
+            )
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: the explicit ``name`` or router plus its knob."""
+        if self.name:
+            return self.name
+        if self.router == "random":
+            return f"random p={self.p:g}"
+        return self.router if self.threshold is None else f"{self.router} t={self.threshold:g}"
+
+    def replace(self, **changes: Any) -> RoutedConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+_FIELDS = {f.name: f for f in fields(RoutedConfig) if f.name != "extra"}
+# Keys a router may read from ``extra`` (they are validated by the router itself).
+ROUTER_KEYS = ("router_hidden", "router_device")
+
+
+def _coerce(key: str, raw: Any) -> Any:
+    """Turn a model_args string (or YAML value) into the field's type, or raise ConfigError."""
+    kind = str(_FIELDS[key].type)
+    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key} needs a value")
+    try:
+        if kind.startswith("tuple"):
+            parts = raw if isinstance(raw, list | tuple) else str(raw).replace(":", " ").split()
+            if len(parts) != 2:
+                raise ValueError
+            return (float(parts[0]), float(parts[1]))
+        if kind.startswith("bool"):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes"):
+                return True
+            if str(raw).lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if kind.startswith("int"):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        want = kind.replace(" | None", "")
+        hint = " (two numbers: fixed_s:per_token_s)" if want.startswith("tuple") else ""
+        raise ConfigError(f"{key}={raw!r} is not a valid {want}{hint}") from None
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (``config=NAME``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(ref: str) -> dict[str, Any]:
+    path = Path(ref)
+    if not path.is_file():
+        path = PRESETS_DIR / f"{ref}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config={ref!r} is neither a YAML file nor a preset; presets: {', '.join(preset_names())}"
+        )
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedConfig:
+    """Build a config from ``config=`` (file or preset) plus explicit keys, which win."""
+    merged: dict[str, Any] = {}
+    args = {**(args or {}), **overrides}
+    if args.get("config"):
+        merged.update(_read_yaml(str(args["config"])))
+    merged.update({k: v for k, v in args.items() if k != "config"})
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in merged.items():
+        if key in _FIELDS:
+            values[key] = _coerce(key, raw)
+        elif key in ROUTER_KEYS:
+            extra[key] = raw
+        else:
+            allowed = ", ".join([*_FIELDS, *ROUTER_KEYS, "config"])
+            raise ConfigError(f"unknown key {key!r}; allowed keys: {allowed}")
+    return RoutedConfig(**values, extra=extra)
+
+
+def parse_arg_string(text: str) -> dict[str, str]:
+    """Parse lm-eval's ``k=v,k=v`` form (used for ``ROUTED_MODEL_ARGS`` too)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ConfigError(
+                f"model arg {part!r} has no '='; write key=value pairs separated by commas"
+            )
+        key, value = part.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

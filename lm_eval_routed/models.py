@@ -1,0 +1,105 @@
+"""Load a causal LM and its tokenizer (hub id, local folder, GGUF file, or the demo pair); count params."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lm_eval_routed.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is visible; use device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} but MPS is not available; use device=cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> float32 on CPU (fidelity), bfloat16 on accelerators."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameter counts of one model: all of them, and without the (input/output) embeddings."""
+
+    total: int
+    non_embedding: int
+
+
+def count_params(model: torch.nn.Module) -> ParamCount:
+    """Count unique parameters; embeddings are the input embedding and an untied LM head."""
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    embed_ids = {id(p) for p in model.get_input_embeddings().parameters()}
+    head = model.get_output_embeddings()
+    if head is not None:
+        embed_ids |= {id(p) for p in head.parameters()}
+    embedding = sum(unique[i].numel() for i in embed_ids if i in unique)
+    return ParamCount(total=total, non_embedding=total - embedding)
+
+
+def load_model(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf`` or ``demo:slm|llm``."""
+    if ref.startswith("demo:"):
+        from lm_eval_routed import demo_pair
+
+        loaders = {"demo:llm": demo_pair.load_demo_llm, "demo:slm": demo_pair.load_demo_slm}
+        if ref not in loaders:
+            raise ConfigError(f"unknown demo model {ref!r}; use demo:slm or demo:llm")
+        model, tok = loaders[ref](dtype, device)
+    else:
+        model, tok = _load_hf(ref, dtype, device, trust_remote_code)
+    model.eval().requires_grad_(False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    source = ref
+    if ref.endswith(".gguf"):
+        path = Path(ref)
+        if not path.is_file():
+            raise ConfigError(f"GGUF file {ref!r} does not exist; give path/to/model.gguf")
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    elif Path(ref).exists() and not (Path(ref) / "config.json").is_file():
+        raise ConfigError(
+            f"{ref!r} is a path without config.json; give a model folder or a .gguf file"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation="sdpa", **kwargs
+        )
+    except OSError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"cannot load model {ref!r}: {first}") from None
+    return model.to(device), tok
+
+
+def check_same_vocab(slm_tok, llm_tok, slm_ref: str, llm_ref: str) -> None:
+    """Token-level routing needs one vocabulary: a mismatch is a configuration error."""
+    if slm_tok.get_vocab() != llm_tok.get_vocab():
+        raise ConfigError(
+            f"slm={slm_ref!r} and llm={llm_ref!r} use different vocabularies; "
+            "token-level routing needs two models of the same tokenizer"
+        )

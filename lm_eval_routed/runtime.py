@@ -1,0 +1,172 @@
+"""RoutedRuntime: a config turned into loaded models, a router and a MixedDecoder, shared by every adapter.
+
+Adapters (lm-eval, EvalPlus, the demo job) only translate their requests into ``GenRequest`` and read
+back ``GenResult``; prompt encoding, truncation and run info live here so they behave the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lm_eval_routed.accounting import CostModel, measure_forward_cost
+from lm_eval_routed.config import ConfigError, RoutedConfig
+from lm_eval_routed.decoder import GenRequest, GenResult, MixedDecoder
+from lm_eval_routed.engine import HFEngine
+from lm_eval_routed.models import (
+    ParamCount,
+    check_same_vocab,
+    count_params,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from lm_eval_routed.routers.base import Router, make_router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoutedRuntime:
+    """Everything a routed run holds: config, both models, tokenizer, router, decoder, cost model."""
+
+    cfg: RoutedConfig
+    slm: torch.nn.Module
+    llm: torch.nn.Module
+    tokenizer: Any
+    router: Router
+    decoder: MixedDecoder
+    device: torch.device
+    dtype: torch.dtype
+    params_slm: ParamCount
+    params_llm: ParamCount
+
+    @property
+    def max_length(self) -> int:
+        """Prompt + generation budget: the config's, else the LLM's context size."""
+        if self.cfg.max_length:
+            return self.cfg.max_length
+        return int(getattr(self.llm.config, "max_position_embeddings", 4096))
+
+    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """Token ids of ``prompt``, truncated from the left to leave room for the generation."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        room = self.max_length - max_new_tokens
+        if room < 1:
+            raise ConfigError(
+                f"max_gen_toks={max_new_tokens} leaves no room for a prompt in max_length="
+                f"{self.max_length}; raise max_length or lower max_gen_toks"
+            )
+        if len(ids) > room:
+            log.warning("prompt of %d tokens truncated from the left to %d", len(ids), room)
+            ids = ids[-room:]
+        return ids
+
+    def generate(self, requests: list[GenRequest], on_done=None) -> list[GenResult]:
+        """Run the decoder over ``requests`` at the configured batch size."""
+        return self.decoder.generate(requests, self.cfg.batch_size, on_done=on_done)
+
+    def info(self) -> dict[str, Any]:
+        """Run-level info recorded next to results (model ids, router, costs, versions)."""
+        costs = self.decoder.costs
+        return {
+            "routed": {
+                "slm": self.cfg.slm,
+                "llm": self.cfg.llm,
+                **self.router.info(),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "device": str(self.device),
+                "batch_size": self.cfg.batch_size,
+                "llm_min_batch": self.cfg.llm_min_batch,
+                "schedule": self.cfg.schedule,
+                "seed": self.cfg.seed,
+                "params_slm": self.params_slm.total,
+                "params_llm": self.params_llm.total,
+                "params_slm_non_embedding": self.params_slm.non_embedding,
+                "params_llm_non_embedding": self.params_llm.non_embedding,
+                "params_router": self.router.num_params,
+                "cost_model": {
+                    "slm": list(costs.slm),
+                    "llm": list(costs.llm),
+                    "router": costs.router,
+                    "source": costs.source,
+                },
+                "versions": _versions(),
+            }
+        }
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("lm-eval-routed", "torch", "transformers", "lm_eval", "evalplus"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def sample_seed(base: int, *parts: object) -> int:
+    """A per-sample seed from the run seed and the sample's identity (prompt hash, repeat index)."""
+    digest = hashlib.sha256(":".join(map(str, (base, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> RoutedRuntime:
+    """Load (or take already loaded) models and assemble the decoder for ``cfg``."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if slm is None or llm is None:
+        llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
+        slm, slm_tok = load_model(cfg.slm, dtype, device, cfg.trust_remote_code)
+        check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
+    vocab = min(
+        slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
+    )
+    slm_engine, llm_engine = HFEngine(slm, vocab), HFEngine(llm, vocab)
+    router = make_router(cfg.router, cfg, slm)
+    if cfg.router == "speculative" and cfg.schedule == "lockstep":
+        log.info("speculative decoding ignores schedule=lockstep")
+    params_slm, params_llm = count_params(slm), count_params(llm)
+    costs = _cost_model(cfg, slm_engine, llm_engine)
+    min_batch = 1 if cfg.schedule == "lockstep" else cfg.llm_min_batch
+    decoder = MixedDecoder(
+        slm_engine,
+        llm_engine,
+        router,
+        tokenizer,
+        costs,
+        params=(params_slm.total, params_llm.total, router.num_params),
+        eos_ids=_eos_ids(tokenizer, llm),
+        llm_min_batch=min_batch,
+    )
+    return RoutedRuntime(
+        cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm
+    )
+
+
+def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:
+    if cfg.cost_slm and cfg.cost_llm:
+        return CostModel(cfg.cost_slm, cfg.cost_llm, cfg.cost_router or 0.0, source="config")
+    # A few timed warm-up forwards per model; recorded in run info so runs stay comparable.
+    return CostModel(
+        cfg.cost_slm or measure_forward_cost(slm),
+        cfg.cost_llm or measure_forward_cost(llm),
+        cfg.cost_router or 0.0,
+        source="measured",
+    )
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return ids

@@ -1,0 +1,117 @@
+"""The mixed decoder reproduces each plain model where the policy says it should, at any batch size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lm_eval_routed.decoder import GenRequest
+
+PROMPTS = [
+    "The cat sat",
+    "2+2=",
+    "Once upon a time, in a land far",
+    "x",
+    "Hello world\n",
+    "abc" * 5,
+    "Routing tokens",
+    "zz top",
+]
+N_NEW = 24
+
+
+def requests(tokenizer, n_new=N_NEW, **kw):
+    return [
+        GenRequest(prompt_ids=tokenizer(p)["input_ids"], max_new_tokens=n_new, seed=i, **kw)
+        for i, p in enumerate(PROMPTS)
+    ]
+
+
+def hf_greedy(model, tokenizer, prompt, n_new=N_NEW):
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    out = model.generate(ids, max_new_tokens=n_new, do_sample=False, eos_token_id=1, pad_token_id=1)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("router,which", [("llm-only", 1), ("slm-only", 0), ("speculative", 1)])
+def test_matches_plain_greedy(make_runtime, pair, tokenizer, router, which):
+    rt = make_runtime(router=router, batch_size=4)
+    results = rt.generate(requests(tokenizer))
+    for prompt, res in zip(PROMPTS, results):
+        assert res.token_ids == hf_greedy(pair[which], tokenizer, prompt)
+
+
+@pytest.mark.parametrize(
+    "router,extra",
+    [
+        ("slm-only", {}),
+        ("llm-only", {}),
+        ("random", {"p": "0.3"}),
+        ("entropy", {"threshold": "0.9"}),
+        ("entropy-token", {"threshold": "4.4"}),
+        ("speculative", {"gamma": "3"}),
+    ],
+)
+def test_batch_one_equals_batch_eight(make_runtime, tokenizer, router, extra):
+    one = make_runtime(router=router, batch_size=1, **extra).generate(requests(tokenizer))
+    eight = make_runtime(router=router, batch_size=8, llm_min_batch="3", **extra).generate(
+        requests(tokenizer)
+    )
+    assert [r.token_ids for r in one] == [r.token_ids for r in eight]
+    assert [r.record.llm_positions for r in one] == [r.record.llm_positions for r in eight]
+
+
+def test_schedule_does_not_change_outputs(make_runtime, tokenizer):
+    runs = [
+        make_runtime(router="random", p="0.25", batch_size=8, llm_min_batch=str(k)).generate(
+            requests(tokenizer)
+        )
+        for k in (1, 4, 8)
+    ]
+    runs.append(
+        make_runtime(router="random", p="0.25", batch_size=8, schedule="lockstep").generate(
+            requests(tokenizer)
+        )
+    )
+    assert all([r.token_ids for r in run] == [r.token_ids for r in runs[0]] for run in runs)
+
+
+def test_random_extremes_equal_single_models(make_runtime, tokenizer):
+    reqs = requests(tokenizer)
+    p0 = make_runtime(router="random", p="0", batch_size=4).generate(reqs)
+    p1 = make_runtime(router="random", p="1", batch_size=4).generate(reqs)
+    slm = make_runtime(router="slm-only", batch_size=4).generate(reqs)
+    llm = make_runtime(router="llm-only", batch_size=4).generate(reqs)
+    assert [r.token_ids for r in p0] == [r.token_ids for r in slm]
+    assert [r.token_ids for r in p1] == [r.token_ids for r in llm]
+    assert all(r.record.tokens_llm == 0 for r in p0)
+    assert all(r.record.tokens_slm == 0 for r in p1)
+
+
+def test_entropy_threshold_extremes(make_runtime, tokenizer):
+    reqs = requests(tokenizer)
+    everything = make_runtime(router="entropy", threshold="0").generate(reqs)
+    nothing = make_runtime(router="entropy", threshold="1").generate(reqs)
+    assert all(r.record.llm_share == 1.0 for r in everything)
+    assert all(r.record.llm_share == 0.0 for r in nothing)
+    llm = make_runtime(router="llm-only").generate(reqs)
+    assert [r.token_ids for r in everything] == [r.token_ids for r in llm]
+
+
+def test_sampling_is_batch_invariant_and_seeded(make_runtime, tokenizer):
+    kw = {"do_sample": True, "temperature": 0.8, "top_p": 0.9}
+    one = make_runtime(router="random", p="0.3", batch_size=1).generate(requests(tokenizer, **kw))
+    eight = make_runtime(router="random", p="0.3", batch_size=8).generate(requests(tokenizer, **kw))
+    assert [r.token_ids for r in one] == [r.token_ids for r in eight]
+    greedy = make_runtime(router="random", p="0.3").generate(requests(tokenizer))
+    assert [r.token_ids for r in one] != [r.token_ids for r in greedy]
+
+
+def test_speculative_sampling_runs_and_counts(make_runtime, tokenizer):
+    kw = {"do_sample": True, "temperature": 1.0}
+    res = make_runtime(router="speculative", gamma="4", batch_size=4).generate(
+        requests(tokenizer, **kw)
+    )
+    for r in res:
+        assert r.record.tokens == len(r.token_ids) <= N_NEW
+        assert r.record.tokens_slm + r.record.tokens_llm == r.record.tokens
