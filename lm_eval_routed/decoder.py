@@ -109,6 +109,8 @@ class MixedDecoder:
         self.eos_ids = eos_ids
         self.llm_min_batch = llm_min_batch
         self.gamma = getattr(router, "gamma", 0)
+        # Policies that never look at the SLM (constant, random) decide before it runs.
+        self.blind = router.mode == "token" and router.pre_route([]) is not None
         self.trace: list[tuple[str, list[int]]] | None = (
             None  # (model, new tokens per row) per forward
         )
@@ -167,12 +169,23 @@ class MixedDecoder:
 
     def _step(self, active: list[Row], caches: dict, min_batch: int) -> None:
         drafting = [r for r in active if not r.waiting]
+        if self.blind:
+            drafting = self._pre_route(drafting)
         if drafting:
             self._slm_step(drafting, caches["slm"])
         waiting = [r for r in active if r.waiting and not r.finish]
         unfinished = sum(1 for r in active if not r.finish)
         if waiting and (len(waiting) >= min_batch or len(waiting) == unfinished):
             self._llm_step(waiting, caches["llm"])
+
+    def _pre_route(self, rows: list[Row]) -> list[Row]:
+        """Blind policies decide first; rows they send to the LLM skip this SLM step."""
+        decided = self.router.pre_route([r.route_gen for r in rows]).tolist()
+        for row, to_llm in zip(rows, decided):
+            row.waiting = to_llm
+            row.tally.router_calls += 1
+            row.tally.modeled_latency_s += self.costs.router
+        return [r for r in rows if not r.waiting]
 
     # -- the two models' steps -----------------------------------------------------------------
 
@@ -195,6 +208,11 @@ class MixedDecoder:
                 row.drafts.append(token)
                 row.draft_probs.append(prob)
                 row.waiting = len(row.drafts) >= self._draft_budget(row) or token in self.eos_ids
+            self._charge(rows, fed, time.perf_counter() - start)
+            return
+        if self.blind:  # decided before this forward
+            for row, token in zip(rows, tokens):
+                self._commit(row, token, "slm")
             self._charge(rows, fed, time.perf_counter() - start)
             return
         gens = [r.route_gen for r in rows]

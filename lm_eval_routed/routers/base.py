@@ -48,6 +48,13 @@ class Router:
         """(b,) bool: True where the LLM should write this position instead of the SLM."""
         raise NotImplementedError
 
+    def pre_route(self, gens: list[torch.Generator]) -> Tensor | None:
+        """Decide before the SLM runs, for policies that never look at it (None: ask ``route``).
+
+        Rows sent to the LLM here skip the SLM forward for this position; the SLM catches up later.
+        """
+        return None
+
     def keep_llm(self, llm: StepView) -> Tensor:
         """Stitch mode only. (b,) bool: True where the LLM keeps control after its token."""
         return torch.zeros(llm.token.shape[0], dtype=torch.bool, device=llm.token.device)

@@ -19,6 +19,9 @@ class Constant(Router):
     def route(self, slm: StepView) -> Tensor:
         return torch.full((slm.token.shape[0],), self.to_llm, dtype=torch.bool)
 
+    def pre_route(self, gens: list[torch.Generator]) -> Tensor:
+        return torch.full((len(gens),), self.to_llm, dtype=torch.bool)
+
 
 class Random(Router):
     """Send each position to the LLM with probability ``p``, drawn from the row's own generator."""
@@ -29,7 +32,10 @@ class Random(Router):
         self.p = p
 
     def route(self, slm: StepView) -> Tensor:
-        draws = [torch.rand((), generator=g).item() for g in slm.gens]
+        return self.pre_route(slm.gens)
+
+    def pre_route(self, gens: list[torch.Generator]) -> Tensor:
+        draws = [torch.rand((), generator=g).item() for g in gens]
         return torch.tensor([u < self.p for u in draws], dtype=torch.bool)
 
     def info(self) -> dict:
