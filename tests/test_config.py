@@ -1,0 +1,49 @@
+"""User-facing configuration: every mistake is one line that names the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm_eval_routed.config import ConfigError, load_config, parse_arg_string, preset_names
+from lm_eval_routed.routers.base import make_router
+
+
+def test_explicit_args_override_preset(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("slm: a\nllm: b\nrouter: entropy\nthreshold: 0.2\n")
+    cfg = load_config({"config": str(cfg_file), "threshold": "0.3"})
+    assert (cfg.slm, cfg.llm, cfg.router, cfg.threshold) == ("a", "b", "entropy", 0.3)
+
+
+def test_paper_presets_ship():
+    assert {"r2r", "rstitch", "citer"} <= set(preset_names())
+    assert load_config({"config": "r2r"}).llm.endswith("R1-Distill-Qwen-32B")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ({"tempreature": "1"}, "unknown key 'tempreature'"),
+        ({"p": "1.5"}, "p=1.5 is out of range"),
+        ({"batch_size": "zero"}, "batch_size='zero' is not a valid int"),
+        ({"dtype": "int4"}, "choose one of: auto, float32"),
+        ({"cost_llm": "0.1"}, "fixed_s:per_token_s"),
+        ({"config": "no-such-preset"}, "neither a YAML file nor a preset"),
+        ({"device": "tpu"}, "device='tpu' is not supported"),
+    ],
+)
+def test_bad_values_fail_with_one_line(args, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(args)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_router_lists_choices():
+    with pytest.raises(ValueError, match="choose one of: .*entropy.*slm-only"):
+        make_router("nope", load_config({}))
+
+
+def test_arg_string_form():
+    assert parse_arg_string("router=random, p=0.2,") == {"router": "random", "p": "0.2"}
+    with pytest.raises(ConfigError, match="no '='"):
+        parse_arg_string("router")
