@@ -1,0 +1,59 @@
+"""The start-up hook registers `routed` without hiding lm-eval's own models or slowing start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_routed_and_builtin_models_resolve():
+    out = python(
+        "from lm_eval.api.registry import get_model\n"
+        "print(get_model('routed').__name__, get_model('hf').__name__)"
+    )
+    assert out == "RoutedLM HFLM"
+
+
+def test_plain_start_up_imports_nothing_heavy():
+    out = python(
+        "import sys\n"
+        "names = ('torch', 'transformers', 'lm_eval', 'lm_eval_routed.config')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
+        "print('lm_eval_routed._hook' in sys.modules, heavy)"
+    )
+    assert out == "True []"
+
+
+def test_project_tasks_visible_without_include_path():
+    out = python(
+        "from lm_eval.tasks import TaskManager\n"
+        "from lm_eval_routed.paths import tasks_dir\n"
+        "tm = TaskManager()\n"
+        "names = [p.stem for p in tasks_dir().rglob('*.yaml')]\n"
+        "print(bool(names) and any(n in tm.all_tasks for n in names) or not names)"
+    )
+    assert out == "True"
+
+
+def test_start_up_cost_is_small():
+    """The hook (imported by the .pth at every start-up) costs a few ms at most, cumulative."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    # lines: "import time: self [us] | cumulative | name"
+    cumulative = {
+        line.split("|")[2].strip(): int(line.split("|")[1])
+        for line in out.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2 and "cumulative" not in line
+    }
+    assert "lm_eval_routed._hook" in cumulative
+    assert cumulative["lm_eval_routed._hook"] < 8000, cumulative["lm_eval_routed._hook"]
