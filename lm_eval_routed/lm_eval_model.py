@@ -56,14 +56,23 @@ class RoutedLM(TemplateLM):
         if device and "device" not in model_args and _available(device):
             model_args["device"] = device
         model_args["batch_size"] = _batch_size(batch_size, model_args.get("batch_size"))
+        runtime = model_args.pop(
+            "runtime", None
+        )  # an already built RoutedRuntime (sweeps, benchmarks)
         try:
-            self.cfg = load_config(model_args)
-            self.runtime: RoutedRuntime = build_runtime(self.cfg)
+            self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
+            self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
         except ConfigError as err:
             _cli_error(err)
         self.tokenizer = self.runtime.tokenizer
         self.backend = "causal"
+        self.records: list[dict[str, Any]] = []  # every accounting record this model produced
         self._accounting = Path(self.cfg.accounting_path) if self.cfg.accounting_path else None
+
+    @classmethod
+    def from_runtime(cls, runtime: RoutedRuntime) -> RoutedLM:
+        """Wrap models that are already loaded (one load for a whole sweep)."""
+        return cls(batch_size=runtime.cfg.batch_size, runtime=runtime)
 
     # -- what lm-eval reads ------------------------------------------------------------------
 
@@ -148,6 +157,7 @@ class RoutedLM(TemplateLM):
 
     def _keep(self, record: dict[str, Any]) -> None:
         key = record["key"]
+        self.records.append(record)
         RECORDS[(key.get("task"), key.get("doc_id"))].append(record)
         if self._accounting is not None:  # appended as produced: an interrupted run keeps its rows
             self._accounting.parent.mkdir(parents=True, exist_ok=True)

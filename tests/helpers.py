@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -39,3 +42,52 @@ def tiny_llama(layers: int, seed: int, vocab: int = 98, hidden: int = 64) -> Lla
         attn_implementation="sdpa",
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+TASK = """\
+task: tiny_routed
+dataset_path: json
+dataset_kwargs:
+  data_files: {data}
+test_split: train
+output_type: generate_until
+doc_to_text: "Q: {{{{q}}}}\\nA:"
+doc_to_target: "{{{{a}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 12
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+MC_TASK = """\
+task: tiny_routed_mc
+dataset_path: json
+dataset_kwargs:
+  data_files: {data}
+test_split: train
+output_type: multiple_choice
+doc_to_text: "Q: {{{{q}}}}\\nA:"
+doc_to_choice: ["yes", "no"]
+doc_to_target: 0
+metric_list:
+  - metric: acc
+"""
+
+
+def write_workspace(root: Path) -> Path:
+    """Save a tiny SLM/LLM pair and two tiny lm-eval tasks (generate_until, multiple choice)."""
+    tok = char_tokenizer()
+    for name, layers, seed in (("slm", 1, 1), ("llm", 2, 2)):
+        tiny_llama(layers, seed).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    data = root / "data.jsonl"
+    data.write_text(
+        "".join(json.dumps({"q": f"{i}+{i}", "a": str(2 * i)}) + "\n" for i in range(4))
+    )
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny.yaml").write_text(TASK.format(data=data))
+    (tasks / "tiny_mc.yaml").write_text(MC_TASK.format(data=data))
+    return root

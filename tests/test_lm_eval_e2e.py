@@ -8,56 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import char_tokenizer, tiny_llama
-
-TASK = """\
-task: tiny_routed
-dataset_path: json
-dataset_kwargs:
-  data_files: {data}
-test_split: train
-output_type: generate_until
-doc_to_text: "Q: {{{{q}}}}\\nA:"
-doc_to_target: "{{{{a}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 12
-  do_sample: false
-metric_list:
-  - metric: exact_match
-"""
-
-MC_TASK = """\
-task: tiny_routed_mc
-dataset_path: json
-dataset_kwargs:
-  data_files: {data}
-test_split: train
-output_type: multiple_choice
-doc_to_text: "Q: {{{{q}}}}\\nA:"
-doc_to_choice: ["yes", "no"]
-doc_to_target: 0
-metric_list:
-  - metric: acc
-"""
+from helpers import write_workspace
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    tok = char_tokenizer()
-    for name, layers, seed in (("slm", 1, 1), ("llm", 2, 2)):
-        tiny_llama(layers, seed).save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    data = root / "data.jsonl"
-    data.write_text(
-        "".join(json.dumps({"q": f"{i}+{i}", "a": str(2 * i)}) + "\n" for i in range(4))
-    )
-    tasks = root / "tasks"
-    tasks.mkdir()
-    (tasks / "tiny.yaml").write_text(TASK.format(data=data))
-    (tasks / "tiny_mc.yaml").write_text(MC_TASK.format(data=data))
-    return root
+    return write_workspace(tmp_path_factory.mktemp("e2e"))
 
 
 def run_lm_eval(root: Path, model_args: str, task: str, *extra: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,66 @@
+"""`lm-eval-routed demo`: score routers beside baselines on the offline demo pair, then a leaderboard.
+
+Runs every configuration below on the ``routed_demo`` task with the demo pair (SmolLM2-135M-Instruct as
+the LLM, a distilled student as the SLM), all offline, and writes ``leaderboard.md``, ``leaderboard.csv``
+and ``pareto.png`` to the output folder. Finished cells are kept: re-running resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lm_eval_routed.jobs.leaderboard import write_leaderboard
+from lm_eval_routed.jobs.sweep import run_sweep
+from lm_eval_routed.paths import router_ckpts_dir
+
+# baselines first, then routers from cheapest to dearest knob
+DEMO_CONFIGS: list[dict] = [
+    {"router": "slm-only"},
+    {"router": "llm-only"},
+    {"router": "random", "p": 0.15},
+    {"router": "random", "p": 0.4},
+    {"router": "entropy", "threshold": 0.15},
+    {"router": "entropy", "threshold": 0.3},
+    {"router": "entropy-token", "threshold": 1.5},
+    {"router": "speculative"},
+]
+
+
+def demo_configs() -> list[dict]:
+    """The fixed list plus any trained demo routers shipped in router_ckpts/."""
+    configs = list(DEMO_CONFIGS)
+    for kind in ("r2r", "citer"):
+        folder = router_ckpts_dir() / f"demo-{kind}"
+        if (folder / "model.safetensors").is_file():
+            configs.append(
+                {"router": kind, "router_ckpt": str(folder), "name": f"{kind} (demo ckpt)"}
+            )
+    return configs
+
+
+def main(argv: list[str]) -> int:
+    """Run the demo sweep and print the leaderboard."""
+    ap = argparse.ArgumentParser(prog="lm-eval-routed demo", description=__doc__)
+    ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N docs")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--task", default="routed_demo")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("lm_eval", "transformers", "httpx", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from pathlib import Path
+
+    out = Path(args.out)
+    summaries = run_sweep(
+        demo_configs(),
+        [args.task],
+        out,
+        base={"config": "demo", "batch_size": args.batch_size},
+        limit=args.limit,
+    )
+    print(write_leaderboard(summaries, out))
+    print(f"leaderboard.md, leaderboard.csv and pareto.png written to {out}/")
+    return 0

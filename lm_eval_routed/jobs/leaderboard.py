@@ -1,0 +1,150 @@
+"""Leaderboard: sweep summaries -> Markdown and CSV tables and a Pareto plot (accuracy vs cost)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "config",
+    "task",
+    "accuracy",
+    "stderr",
+    "llm_share",
+    "activated_params",
+    "activated_params_charged",
+    "latency_s",
+    "modeled_latency_s",
+    "speedup_vs_llm_only",
+    "modeled_speedup_vs_llm_only",
+    "n",
+)
+
+
+def primary_metric(
+    metrics: dict[str, Any], preferred: str | None = None
+) -> tuple[str, float, float]:
+    """(name, value, stderr) of the task's main metric: ``preferred`` or the first numeric one."""
+    for key, value in metrics.items():
+        name, comma, _filter = key.partition(",")  # lm-eval keys metrics as "metric,filter"
+        if not comma or name.endswith("_stderr") or not isinstance(value, int | float):
+            continue
+        if preferred and name != preferred:
+            continue
+        stderr = metrics.get(key.replace(name, f"{name}_stderr", 1))
+        return (
+            name,
+            float(value),
+            float(stderr) if isinstance(stderr, int | float) else float("nan"),
+        )
+    raise ValueError(f"no numeric metric in {sorted(metrics)}")
+
+
+def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> list[dict[str, Any]]:
+    """One row per (config, task); speedups are against the llm-only row of the same task."""
+    base = {s["task"]: s["accounting"] for s in summaries if s["config"]["router"] == "llm-only"}
+    rows = []
+    for s in summaries:
+        _, value, stderr = primary_metric(s["metrics"], metric)
+        acc, ref = s["accounting"], base.get(s["task"])
+        rows.append(
+            {
+                "config": s["label"],
+                "task": s["task"],
+                "accuracy": value,
+                "stderr": stderr,
+                "llm_share": acc.get("llm_share"),
+                "activated_params": acc.get("activated_params"),
+                "activated_params_charged": acc.get("activated_params_charged"),
+                "latency_s": acc.get("latency_s"),
+                "modeled_latency_s": acc.get("modeled_latency_s"),
+                "speedup_vs_llm_only": ref["latency_s"] / acc["latency_s"] if ref and acc else None,
+                "modeled_speedup_vs_llm_only": (
+                    ref["modeled_latency_s"] / acc["modeled_latency_s"] if ref and acc else None
+                ),
+                "n": s["n_samples"],
+            }
+        )
+    return sorted(rows, key=lambda r: (r["task"], r["activated_params"] or 0))
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("activated"):
+        return f"{value / 1e6:.1f}M"
+    if key in ("accuracy", "stderr", "llm_share"):
+        return f"{value:.3f}"
+    if isinstance(value, float):
+        return f"{value:.3f}" if "latency" in key else f"{value:.2f}x"
+    return str(value)
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(k, r[k]) for k in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Raw numbers, one row per (config, task)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs mean activated parameters per task; the Pareto front is drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        pts = [r for r in rows if r["task"] == task and r["activated_params"] is not None]
+        for r in pts:
+            ax.errorbar(
+                r["activated_params"] / 1e6, r["accuracy"], yerr=r["stderr"], fmt="o", capsize=3
+            )
+            ax.annotate(
+                r["config"],
+                (r["activated_params"] / 1e6, r["accuracy"]),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        front, best = [], float("-inf")
+        for r in sorted(pts, key=lambda r: r["activated_params"]):
+            if r["accuracy"] > best:
+                front.append(r)
+                best = r["accuracy"]
+        ax.plot(
+            [r["activated_params"] / 1e6 for r in front],
+            [r["accuracy"] for r in front],
+            "--",
+            color="gray",
+            label="Pareto front",
+        )
+        ax.set_xlabel("activated parameters per token (M, R2R definition)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(task)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_leaderboard(summaries: list[dict[str, Any]], out: Path, metric: str | None = None) -> str:
+    """Write leaderboard.md, leaderboard.csv and pareto.png into ``out``; return the Markdown."""
+    rows = build_rows(summaries, metric)
+    text = to_markdown(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.md").write_text(text)
+    write_csv(rows, out / "leaderboard.csv")
+    pareto_plot(rows, out / "pareto.png")
+    return text

@@ -1,0 +1,73 @@
+"""Sweeps resume instead of recomputing; the leaderboard reads them into tables and a plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import write_workspace
+
+from lm_eval_routed.jobs import sweep
+from lm_eval_routed.jobs.leaderboard import build_rows, primary_metric, write_leaderboard
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return write_workspace(tmp_path_factory.mktemp("jobs"))
+
+
+def base(ws):
+    return {
+        "slm": str(ws / "slm"),
+        "llm": str(ws / "llm"),
+        "cost_slm": "0.001:0.0001",
+        "cost_llm": "0.01:0.001",
+        "batch_size": 2,
+    }
+
+
+@pytest.mark.slow
+def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
+    configs = [{"router": "llm-only"}, {"router": "random", "p": 0.5}]
+    out = tmp_path / "sweep"
+    first = sweep.run_sweep(
+        configs,
+        ["tiny_routed"],
+        out,
+        base=base(workspace),
+        limit=3,
+        include_path=str(workspace / "tasks"),
+    )
+    assert [s["label"] for s in first] == ["llm-only", "random p=0.5"]
+    lines = (out / "runs" / "random_p=0.5" / "tiny_routed.samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(x)["routed"]["tokens"] > 0 for x in lines)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(sweep, "_run_cell", must_not_run)
+    again = sweep.run_sweep(
+        configs,
+        ["tiny_routed"],
+        out,
+        base=base(workspace),
+        limit=3,
+        include_path=str(workspace / "tasks"),
+    )
+    assert again == first
+
+    text = write_leaderboard(first, tmp_path / "board")
+    assert "random p=0.5" in text and (tmp_path / "board" / "pareto.png").stat().st_size > 1000
+    rows = {r["config"]: r for r in build_rows(first)}
+    assert rows["llm-only"]["speedup_vs_llm_only"] == 1.0
+    assert rows["llm-only"]["llm_share"] == 1.0
+    assert 0.0 <= rows["llm-only"]["accuracy"] <= 1.0
+    assert rows["random p=0.5"]["activated_params"] < rows["llm-only"]["activated_params"]
+
+
+def test_primary_metric_picks_value_and_stderr():
+    metrics = {"alias": "x", "sample_len": 3, "exact_match,strict": 0.5,
+               "exact_match_stderr,strict": 0.1}
+    assert primary_metric(metrics) == ("exact_match", 0.5, 0.1)
+    with pytest.raises(ValueError, match="no numeric metric"):
+        primary_metric({"alias": "x"})
