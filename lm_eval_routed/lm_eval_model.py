@@ -9,6 +9,7 @@ the project's own JSONL beside it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -56,9 +57,18 @@ class RoutedLM(TemplateLM):
         if device and "device" not in model_args and _available(device):
             model_args["device"] = device
         model_args["batch_size"] = _batch_size(batch_size, model_args.get("batch_size"))
-        runtime = model_args.pop(
-            "runtime", None
-        )  # an already built RoutedRuntime (sweeps, benchmarks)
+        self.accelerator = None
+        if (
+            int(os.environ.get("WORLD_SIZE", "1")) > 1
+        ):  # `accelerate launch`: one data shard per process
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator()
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            model_args.setdefault("device", str(self.accelerator.device))
+        # an already built RoutedRuntime (sweeps, benchmarks)
+        runtime = model_args.pop("runtime", None)
         try:
             self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
             self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
@@ -67,6 +77,7 @@ class RoutedLM(TemplateLM):
         self.tokenizer = self.runtime.tokenizer
         self.backend = "causal"
         self.records: list[dict[str, Any]] = []  # every accounting record this model produced
+        self._pending: list[dict[str, Any]] = []  # produced since the last _share()
         self._accounting = Path(self.cfg.accounting_path) if self.cfg.accounting_path else None
 
     @classmethod
@@ -109,6 +120,20 @@ class RoutedLM(TemplateLM):
             continue_final_message=not add_generation_prompt,
         )
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.accelerator is None else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any]:
+        if self.accelerator is None:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
     def get_model_info(self) -> dict[str, Any]:
         """Run-level info merged into lm-eval's results JSON."""
         return self.runtime.info()
@@ -131,6 +156,7 @@ class RoutedLM(TemplateLM):
 
         results = self.runtime.generate(gen_requests, on_done=done)
         bar.close()
+        self._share()
         for inst, result in zip(requests, results):
             self.cache_hook.add_partial("generate_until", inst.args, result.text)
         return [r.text for r in results]
@@ -156,13 +182,21 @@ class RoutedLM(TemplateLM):
         )
 
     def _keep(self, record: dict[str, Any]) -> None:
-        key = record["key"]
         self.records.append(record)
-        RECORDS[(key.get("task"), key.get("doc_id"))].append(record)
+        self._pending.append(record)
         if self._accounting is not None:  # appended as produced: an interrupted run keeps its rows
             self._accounting.parent.mkdir(parents=True, exist_ok=True)
             with jsonlines.open(self._accounting, mode="a") as out:
                 out.write(_flat(record))
+
+    def _share(self) -> None:
+        """Publish new records for the sample log; under data parallelism every rank gets all of them."""
+        mine, self._pending = self._pending, []
+        everyone = (
+            [r for part in self.gather_object(mine) for r in part] if self.accelerator else mine
+        )
+        for record in everyone:
+            RECORDS[(record["key"].get("task"), record["key"].get("doc_id"))].append(record)
 
     # -- log-likelihood: the LLM scores, the accounting says so ---------------------------------
 
@@ -173,6 +207,7 @@ class RoutedLM(TemplateLM):
         repeat_of: dict[tuple, int] = defaultdict(int)
         for inst, n in zip(requests, self._ll_tokens):
             self._keep_scored(_key(inst, repeat_of, inst.args[0]), n)
+        self._share()
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
@@ -201,6 +236,7 @@ class RoutedLM(TemplateLM):
             self._keep_scored(
                 _key(inst, repeat_of, text), sum(len(c) + len(t) - 1 for c, t in wins)
             )
+        self._share()
         return totals
 
     @torch.inference_mode()

@@ -89,3 +89,43 @@ def test_bad_model_arg_is_one_line(workspace):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "p=2.0 is out of range" in proc.stderr
+
+
+@pytest.mark.slow
+def test_accelerate_data_parallel_keeps_every_record(workspace, tmp_path):
+    args = (
+        f"slm={workspace / 'slm'},llm={workspace / 'llm'},router=random,p=0.5,"
+        "cost_slm=0.001:0.0001,cost_llm=0.01:0.001"
+    )
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [
+        str(launcher),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "lm_eval",
+        "run",
+        "--model",
+        "routed",
+        "--model_args",
+        args,
+        "--tasks",
+        "tiny_routed",
+        "--include_path",
+        str(workspace / "tasks"),
+        "--output_path",
+        str(tmp_path),
+        "--log_samples",
+        "--batch_size",
+        "2",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        json.loads(x)
+        for x in next(tmp_path.rglob("samples_tiny_routed_*.jsonl")).read_text().splitlines()
+    ]
+    assert sorted(r["doc_id"] for r in rows) == [0, 1, 2, 3]  # both ranks' docs, gathered
+    assert all(len(r["routed"]) == 1 and r["routed"][0]["tokens"] > 0 for r in rows)
