@@ -66,8 +66,12 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
 
 
 def test_primary_metric_picks_value_and_stderr():
-    metrics = {"alias": "x", "sample_len": 3, "exact_match,strict": 0.5,
-               "exact_match_stderr,strict": 0.1}
+    metrics = {
+        "alias": "x",
+        "sample_len": 3,
+        "exact_match,strict": 0.5,
+        "exact_match_stderr,strict": 0.1,
+    }
     assert primary_metric(metrics) == ("exact_match", 0.5, 0.1)
     with pytest.raises(ValueError, match="no numeric metric"):
         primary_metric({"alias": "x"})
