@@ -30,6 +30,8 @@ from lm_eval_routed.sampling import draw, filtered_probs
 
 log = logging.getLogger(__name__)
 
+SHORT_CATCH_UP = 4  # SLM rows with at most this many new tokens share one forward
+
 
 @dataclass(frozen=True)
 class GenRequest:
@@ -190,11 +192,13 @@ class MixedDecoder:
     # -- the two models' steps -----------------------------------------------------------------
 
     def _slm_step(self, rows: list[Row], cache) -> None:
-        # Rows catching up over many tokens (new prompts, after an LLM span) run apart from the
-        # one-token rows, so a long prefill does not pad every decoding row to its length.
+        # Rows catching up over many tokens (new prompts, after a long LLM span) run apart from the
+        # decoding rows, so a long prefill does not pad every row to its length; a short catch-up
+        # (a token or two the LLM wrote) rides along with the rest.
+        pending = [len(r.context) - r.slm_len for r in rows]
         for group in (
-            [r for r in rows if len(r.context) - r.slm_len == 1],
-            [r for r in rows if len(r.context) - r.slm_len != 1],
+            [r for r, n in zip(rows, pending) if n <= SHORT_CATCH_UP],
+            [r for r, n in zip(rows, pending) if n > SHORT_CATCH_UP],
         ):
             if group:
                 self._slm_forward(group, cache)
