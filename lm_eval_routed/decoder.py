@@ -71,6 +71,7 @@ class Row:
     slm_len: int = 0  # tokens held in the SLM cache
     llm_len: int = 0  # tokens held in the LLM cache
     waiting: bool = False  # the next position (or the drafts) waits for the LLM
+    gamma: int = 0  # speculative: this row's current draft length (adapts to its acceptance)
     drafts: list[int] = field(default_factory=list)  # speculative: unverified SLM tokens
     draft_probs: list[Tensor] = field(default_factory=list)
     finish: str | None = None
@@ -165,6 +166,7 @@ class MixedDecoder:
             n_prompt=len(req.prompt_ids),
             sample_gen=_seeded(req.seed, "sample", device),
             route_gen=_seeded(req.seed, "route", "cpu"),
+            gamma=self.gamma,
         )
         row.waiting = self.router.mode == "speculative" and self._draft_budget(row) == 0
         return row
@@ -297,6 +299,8 @@ class MixedDecoder:
         scored = logits[-(k + 1) :]  # (k + 1, V): the LLM's view of each draft slot and one more
         row.tally.llm_scored_positions += k + 1
         accepted, bonus = self._accept(row, scored)
+        # transformers' "heuristic" schedule: draft more after a clean sweep, fewer after a miss
+        row.gamma = row.gamma + 2 if accepted == k else max(1, row.gamma - 1)
         drafts, row.drafts, row.draft_probs = row.drafts, [], []
         for token in drafts[:accepted]:
             self._commit(row, token, "slm")
@@ -328,7 +332,7 @@ class MixedDecoder:
 
     def _draft_budget(self, row: Row) -> int:
         """Drafts a row may still make: gamma, less the room the LLM's own token needs."""
-        return max(0, min(self.gamma, row.req.max_new_tokens - row.generated - 1))
+        return max(0, min(row.gamma, row.req.max_new_tokens - row.generated - 1))
 
     def _commit(self, row: Row, token: int, producer: str) -> None:
         row.seq.append(token)
