@@ -100,13 +100,7 @@ def make_router(name: str, cfg: Any, slm: torch.nn.Module | None = None) -> Rout
 
 
 def _load_builtin() -> None:
-    import importlib
-    import importlib.util
-
-    for name in ("static", "entropy", "speculative", "r2r", "citer"):
-        module = f"lm_eval_routed.routers.{name}"
-        if importlib.util.find_spec(module) is not None:  # TEMP until r2r/citer land
-            importlib.import_module(module)
+    from lm_eval_routed.routers import citer, entropy, r2r, speculative, static  # noqa: F401
 
 
 def file_sha256(path: str) -> str:
