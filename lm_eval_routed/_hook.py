@@ -13,6 +13,7 @@ _AFTER_IMPORT = {
     "lm_eval.tasks.manager": "lm_eval_routed.plugin:add_task_path",
     "lm_eval.loggers.evaluation_tracker": "lm_eval_routed.plugin:patch_sample_logging",
     "evalplus.provider": "lm_eval_routed.plugin:register_evalplus",
+    "evalplus.codegen": "lm_eval_routed.plugin:patch_evalplus_codegen",
 }
 
 

@@ -67,3 +67,10 @@ def register_evalplus(provider: ModuleType) -> None:
     from lm_eval_routed.evalplus_backend import wrap_make_model
 
     provider.make_model = wrap_make_model(provider.make_model)
+
+
+def patch_evalplus_codegen(codegen: ModuleType) -> None:
+    """Let EvalPlus's codegen tell a routed decoder where its samples go (accounting sits beside)."""
+    from lm_eval_routed.evalplus_backend import wrap_codegen
+
+    codegen.codegen = wrap_codegen(codegen.codegen)
