@@ -1,0 +1,39 @@
+"""routed_gpqa_diamond: data, per-question shuffled choices, prompt and scoring (see tasks/README.md)."""
+
+from __future__ import annotations
+
+from lm_eval_routed.scoring import LETTERS, gpqa_choices, gpqa_letter
+from lm_eval_routed.task_data import load_rows
+
+PROMPT = (
+    "Answer the following multiple choice question. The last line of your response should be of the "
+    "following format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by "
+    "step before answering.\n\n{question}\n\n{options}"
+)
+
+
+def load_gpqa_diamond(**kwargs):
+    return load_rows(
+        "gpqa_diamond", "Idavidrein/gpqa", split="train", config="gpqa_diamond", gated=True
+    )
+
+
+def _choices(doc: dict) -> tuple[list[str], str]:
+    wrong = [doc[f"Incorrect Answer {i}"].strip() for i in (1, 2, 3)]
+    return gpqa_choices(doc["Question"].strip(), doc["Correct Answer"].strip(), wrong)
+
+
+def doc_to_text(doc: dict) -> str:
+    options, _ = _choices(doc)
+    lines = "\n".join(f"{letter}) {text}" for letter, text in zip(LETTERS, options))
+    return PROMPT.format(question=doc["Question"].strip(), options=lines)
+
+
+def doc_to_target(doc: dict) -> str:
+    return _choices(doc)[1]
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """pass@1 = mean over repeats of (extracted letter == correct letter)."""
+    gold = doc_to_target(doc)
+    return {"pass@1": sum(gpqa_letter(r) == gold for r in results) / len(results)}
