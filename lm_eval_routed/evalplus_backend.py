@@ -4,10 +4,15 @@
 overrides keys for one run. Accounting records are appended, one per sample as it is produced, to
 ``<samples>.routed.jsonl`` beside EvalPlus's samples file (keyed by ``task_id`` and sample index), and
 run info goes to ``<samples>.routed_info.json`` beside its results JSON.
+
+EvalPlus hands ``codegen(prompt, ...)`` no task id, so the wrapper around its codegen loop gives the
+decoder a prompt -> task_id table read from the same dataset (and version) that loop iterates; a prompt
+not in it (the decoder used outside that loop) is keyed by a hash of the prompt instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,6 +28,9 @@ from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make
 from lm_eval_routed.config import ConfigError, load_config, parse_arg_string
 from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.runtime import build_runtime, sample_seed
+
+# settings that change how fast a run goes, not what it writes: a resumed run may differ in them
+_RUN_ONLY = {"batch_size", "llm_min_batch", "device", "accounting_path"}
 
 
 class RoutedDecoder(DecoderBase):
@@ -59,19 +67,18 @@ class RoutedDecoder(DecoderBase):
             extra_eos_for_direct_completion(dataset) if self.is_direct_completion() else ["\n```\n"]
         )
         self.eos = [*EOS, *extra]
-        self.accounting_path: Path | None = (
-            None  # set by the codegen wrapper to sit beside the samples
-        )
-        self._task_of = _task_ids(dataset)
-        self._index: Counter[str] = Counter()
+        # set by the codegen wrapper: accounting beside the samples, task ids, samples already there
+        self.accounting_path: Path | None = None
+        self.task_of: dict[str, str] = {}
+        self.index: Counter[str] = Counter()
 
     def is_direct_completion(self) -> bool:
         return self.force_base_prompt or self.tokenizer.chat_template is None
 
     def codegen(self, prompt: str, do_sample: bool = True, num_samples: int = 200) -> list[str]:
         """``num_samples`` completions of ``prompt``, generated as one batch by the routed decoder."""
-        task_id = self._task_of.get(
-            prompt.strip(), hashlib.sha256(prompt.encode()).hexdigest()[:16]
+        task_id = (
+            self.task_of.get(prompt.strip()) or hashlib.sha256(prompt.encode()).hexdigest()[:16]
         )
         text = (
             prompt
@@ -81,7 +88,7 @@ class RoutedDecoder(DecoderBase):
             )
         )
         ids = self.runtime.encode(text, self.max_new_tokens)
-        first = self._index[task_id]
+        first = self.index[task_id]
         sampled = do_sample and self.temperature > 0
         reqs = [
             GenRequest(
@@ -97,12 +104,14 @@ class RoutedDecoder(DecoderBase):
             for i in range(num_samples)
         ]
         results = self.runtime.generate(reqs)
-        self._index[task_id] += num_samples
-        if self.accounting_path is not None:
-            with jsonlines.open(self.accounting_path, mode="a") as out:
-                out.write_all(
-                    [{**r.record.key, **_without_key(r.record.to_dict())} for r in results]
-                )
+        self.index[task_id] += num_samples
+        rows = [{**r.record.key, **_without_key(r.record.to_dict())} for r in results]
+        # appended per task, so an interrupted run keeps what it generated
+        extra = self.runtime.cfg.accounting_path
+        for path in {p for p in (self.accounting_path, extra and Path(extra)) if p}:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with jsonlines.open(path, mode="a") as out:
+                out.write_all(rows)
         return [r.text for r in results]
 
 
@@ -110,14 +119,44 @@ def _without_key(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "key"}
 
 
-def _task_ids(dataset: str) -> dict[str, str]:
+def _task_ids(dataset: str, version: str = "default") -> dict[str, str]:
     """prompt (stripped) -> task_id, read with EvalPlus's own loaders (they honour the override paths)."""
     from evalplus.data import get_human_eval_plus, get_mbpp_plus
 
-    loader = {"humaneval": get_human_eval_plus, "mbpp": get_mbpp_plus}.get(dataset)
-    if loader is None:
-        return {}
-    return {task["prompt"].strip(): task_id for task_id, task in loader().items()}
+    tasks: dict[str, Any] = {}
+    if dataset in ("humaneval", "evalperf"):
+        tasks.update(get_human_eval_plus(version=version))
+    if dataset in ("mbpp", "evalperf"):
+        tasks.update(get_mbpp_plus(version=version))
+    return {task["prompt"].strip(): task_id for task_id, task in tasks.items()}
+
+
+def _existing_samples(target_path: str) -> Counter[str]:
+    """Samples per task already in EvalPlus's file: a resumed run continues their indices and seeds."""
+    counts: Counter[str] = Counter()
+    if target_path.endswith(".jsonl") and os.path.isfile(target_path):
+        with jsonlines.open(target_path) as rows:
+            counts.update(row["task_id"] for row in rows)
+    elif os.path.isdir(target_path):  # --jsonl_fmt False: <task>/<sample>.py, "/" written as "_"
+        for task in os.scandir(target_path):
+            n = sum(f.endswith(".py") for f in os.listdir(task.path)) if task.is_dir() else 0
+            counts["/".join(task.name.rsplit("_", 1))] = n
+    return counts
+
+
+def _check_resume(info_path: Path, cfg: dict[str, Any], resumed: bool) -> None:
+    """EvalPlus names its files from --model only: refuse to mix samples of two different configs."""
+    if not resumed or not info_path.is_file():
+        return
+    before = json.loads(info_path.read_text()).get("config")
+    if before is None:  # written before the config was recorded: nothing to compare with
+        return
+    changed = sorted(k for k in cfg if k not in _RUN_ONLY and before.get(k) != cfg[k])
+    if changed:
+        raise SystemExit(
+            f"evalplus --backend routed: {info_path.name} was written with other settings "
+            f"({', '.join(changed)}); pass another --root or delete the old samples to start over"
+        )
 
 
 def wrap_make_model(original):
@@ -136,16 +175,26 @@ def wrap_make_model(original):
 
 
 def wrap_codegen(original):
-    """``codegen`` that points a RoutedDecoder's accounting file beside the samples it writes."""
+    """``codegen`` that tells a RoutedDecoder its task ids and puts its accounting beside the samples."""
 
     @functools.wraps(original)
     def codegen(target_path: str, model: DecoderBase, *args: Any, **kwargs: Any):
         if isinstance(model, RoutedDecoder):
             base = target_path.removesuffix(".jsonl")
+            info_path = Path(f"{base}.routed_info.json")
+            cfg = json.loads(json.dumps(dataclasses.asdict(model.runtime.cfg), default=str))
+            # EvalPlus continues a task's sample count only when resuming; so do indices and seeds
+            resume = kwargs.get("resume", True)
+            model.index = _existing_samples(target_path) if resume else Counter()
+            _check_resume(info_path, cfg, resumed=bool(model.index))
+            info_path.parent.mkdir(parents=True, exist_ok=True)
+            info_path.write_text(
+                json.dumps({**model.runtime.info(), "config": cfg}, indent=2, default=str)
+            )
             model.accounting_path = Path(f"{base}.routed.jsonl")
-            model.accounting_path.parent.mkdir(parents=True, exist_ok=True)
-            info = Path(f"{base}.routed_info.json")
-            info.write_text(json.dumps(model.runtime.info(), indent=2, default=str))
+            model.task_of = _task_ids(
+                kwargs.get("dataset", model.dataset), kwargs.get("version", "default")
+            )
         return original(target_path, model, *args, **kwargs)
 
     return codegen

