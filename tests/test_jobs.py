@@ -75,3 +75,30 @@ def test_primary_metric_picks_value_and_stderr():
     assert primary_metric(metrics) == ("exact_match", 0.5, 0.1)
     with pytest.raises(ValueError, match="no numeric metric"):
         primary_metric({"alias": "x"})
+
+
+@pytest.mark.slow
+def test_reduced_demo_end_to_end(tmp_path, capsys):
+    """`lm-eval-routed demo` on three questions: real demo pair, every configuration, a leaderboard."""
+    from lm_eval_routed.cli import main
+
+    assert main(["demo", "--limit", "3", "--out", str(tmp_path)]) == 0
+    board = (tmp_path / "leaderboard.md").read_text()
+    for label in (
+        "slm-only",
+        "llm-only",
+        "random p=0.15",
+        "entropy t=0.15",
+        "entropy-token",
+        "speculative",
+    ):
+        assert label in board
+    rows = {
+        r["config"]: r for r in __import__("csv").DictReader((tmp_path / "leaderboard.csv").open())
+    }
+    assert (
+        float(rows["slm-only"]["activated_params"])
+        < float(rows["random p=0.4"]["activated_params"])
+        < float(rows["llm-only"]["activated_params"])
+    )
+    assert (tmp_path / "pareto.png").stat().st_size > 1000

@@ -95,7 +95,9 @@ def make_router(name: str, cfg: Any, slm: torch.nn.Module | None = None) -> Rout
     """Build the router ``name`` for config ``cfg`` (an unknown name lists the valid ones)."""
     _load_builtin()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+        from lm_eval_routed.config import ConfigError
+
+        raise ConfigError(f"unknown router {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](cfg, slm)
 
 
