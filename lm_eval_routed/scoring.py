@@ -90,3 +90,53 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+PASS_KS = (1, 2, 4, 8, 16, 32, 64)  # the pass@k reported when a task samples n >= k repeats
+
+
+def repeat_metrics(correct: list[bool]) -> dict[str, object]:
+    """Per-problem metrics from the correctness of its n sampled repeats.
+
+    ``pass@k`` (unbiased estimator) for every k in PASS_KS up to n; with n > 1 also the raw
+    correctness list under ``mean_over_repeats`` / ``stderr_over_repeats``, which the aggregations
+    below turn into the score of each repeat across problems, then its mean and standard error.
+    """
+    n, c = len(correct), sum(bool(x) for x in correct)
+    out: dict[str, object] = {f"pass@{k}": pass_at_k(n, c, k) for k in PASS_KS if k <= n}
+    if n > 1:
+        flags = [float(bool(x)) for x in correct]
+        out["mean_over_repeats"] = flags
+        out["stderr_over_repeats"] = flags
+    return out
+
+
+def _per_repeat_scores(items: list[list[float]]) -> list[float]:
+    n = min(len(row) for row in items)
+    return [sum(row[r] for row in items) / len(items) for r in range(n)]
+
+
+def mean_over_repeats(items: list[list[float]]) -> float:
+    """Mean over repeats of each repeat's score across problems (equals the mean pass@1)."""
+    scores = _per_repeat_scores(items)
+    return sum(scores) / len(scores)
+
+
+def stderr_over_repeats(items: list[list[float]]) -> float:
+    """Standard error of the per-repeat scores: sample std / sqrt(n repeats)."""
+    scores = _per_repeat_scores(items)
+    n = len(scores)
+    if n < 2:
+        return float("nan")
+    mean = sum(scores) / n
+    return (sum((s - mean) ** 2 for s in scores) / (n - 1) / n) ** 0.5
+
+
+def keep_all(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """lm-eval filter step that keeps every repeat (its default filter keeps only the first)."""
+    return [list(r) for r in resps]
+
+
+def unwrap(results: list) -> list:
+    """The per-repeat items of one doc: lm-eval hands a filter's list wrapped in one more list."""
+    return results[0] if len(results) == 1 and isinstance(results[0], list) else results

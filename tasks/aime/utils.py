@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from lm_eval_routed.scoring import aime_correct
+from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the YAMLs)
+    aime_correct,
+    keep_all,
+    mean_over_repeats,
+    repeat_metrics,
+    stderr_over_repeats,
+    unwrap,
+)
 from lm_eval_routed.task_data import load_rows
 
 PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -28,7 +35,7 @@ def doc_to_target(doc: dict) -> str:
     return str(_field(doc, "answer"))
 
 
-def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """pass@1 = mean correctness over this problem's repeats."""
+def process_results(doc: dict, results: list[str]) -> dict[str, object]:
+    """pass@k over this problem's repeats (and the per-repeat flags for mean/stderr over repeats)."""
     gold = doc_to_target(doc)
-    return {"pass@1": sum(aime_correct(r, gold) for r in results) / len(results)}
+    return repeat_metrics([aime_correct(r, gold) for r in unwrap(results)])

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from lm_eval_routed.scoring import LETTERS, gpqa_choices, gpqa_letter
+from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the YAML)
+    LETTERS,
+    gpqa_choices,
+    gpqa_letter,
+    keep_all,
+    mean_over_repeats,
+    repeat_metrics,
+    stderr_over_repeats,
+    unwrap,
+)
 from lm_eval_routed.task_data import load_rows
 
 PROMPT = (
@@ -33,7 +42,7 @@ def doc_to_target(doc: dict) -> str:
     return _choices(doc)[1]
 
 
-def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """pass@1 = mean over repeats of (extracted letter == correct letter)."""
+def process_results(doc: dict, results: list[str]) -> dict[str, object]:
+    """pass@k over repeats of (extracted letter == correct letter), plus per-repeat flags."""
     gold = doc_to_target(doc)
-    return {"pass@1": sum(gpqa_letter(r) == gold for r in results) / len(results)}
+    return repeat_metrics([gpqa_letter(r) == gold for r in unwrap(results)])

@@ -1,0 +1,62 @@
+"""routed_livecodebench: data window, prompt, sandboxed execution and scoring (see tasks/README.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lm_eval_routed.config import ConfigError
+from lm_eval_routed.livecodebench import build_prompt, evaluate_many, in_window
+from lm_eval_routed.sandbox import Limits
+from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the YAML)
+    mean_over_repeats,
+    repeat_metrics,
+    stderr_over_repeats,
+    unwrap,
+)
+from lm_eval_routed.task_data import load_rows
+
+HUB_ID = "lighteval/code_generation_lite"  # parquet mirror: loads with datasets >= 4
+
+
+def load_livecodebench(
+    release_version: str = "release_v5",
+    start_date: str | None = "2024-08-01",
+    end_date: str | None = "2025-01-31",
+    **kwargs,
+):
+    """The release's problems whose contest_date lies in [start_date, end_date] (ISO days)."""
+    data = load_rows("livecodebench", HUB_ID, split="test", config=release_version)["test"]
+    kept = data.filter(lambda row: in_window(row, start_date, end_date))
+    if len(kept) == 0:
+        raise ConfigError(
+            f"no LiveCodeBench problem of {release_version} has a contest_date in "
+            f"[{start_date}, {end_date}]; widen the window with --metadata "
+            '\'{"start_date": "2023-05-01", "end_date": "2025-12-31"}\''
+        )
+    return {"test": kept}
+
+
+def doc_to_text(doc: dict) -> str:
+    return build_prompt(doc)
+
+
+def doc_to_target(doc: dict) -> str:
+    return str(doc.get("question_id", ""))  # tests, not a target string, decide correctness
+
+
+def _limits() -> Limits:
+    return Limits(wall_s=float(os.environ.get("ROUTED_SANDBOX_TIMEOUT", "6")))
+
+
+def execute(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """Filter step: run every response of every doc in the sandbox pool; keep the verdicts (JSON)."""
+    jobs = [(doc, r) for doc, doc_resps in zip(docs, resps) for r in doc_resps]
+    workers = int(os.environ.get("ROUTED_SANDBOX_WORKERS", "0")) or None
+    verdicts = iter(evaluate_many(jobs, workers=workers, limits=_limits()))
+    return [[json.dumps(next(verdicts).to_dict()) for _ in doc_resps] for doc_resps in resps]
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, object]:
+    """pass@k over this problem's repeats: a repeat passes when every public and private test does."""
+    return repeat_metrics([bool(json.loads(v)["passed"]) for v in unwrap(results)])
