@@ -1,0 +1,211 @@
+"""`lm-eval-routed train ...`: build router labels and train routers (every step resumable).
+
+    train r2r-label  --slm REF --llm REF [--verifier REF] --queries FILE|DATASET --workdir DIR
+    train r2r        --slm REF --data DIR --out router_ckpts/NAME
+    train citer-label --slm REF --llm REF --data FILE --checker MOD:FN --workdir DIR
+    train citer      --slm REF --llm REF --data FILE --checker MOD:FN --workdir DIR --out router_ckpts/NAME
+
+A model REF is a hub id, a local folder, a ``.gguf`` file, or ``demo:slm`` / ``demo:llm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lm_eval_routed.config import ConfigError
+from lm_eval_routed.training.common import load_rows, pick_field
+from lm_eval_routed.training.trainer import TrainOptions
+
+log = logging.getLogger(__name__)
+
+
+def load_pair_model(ref: str, dtype: str, device: str):
+    """(model, tokenizer) through the project's loader, with ``auto`` dtype and device resolved."""
+    from lm_eval_routed.models import load_model, resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return load_model(ref, resolve_dtype(dtype, dev), dev)
+
+
+def _models(p: argparse.ArgumentParser, llm: bool = True) -> None:
+    p.add_argument("--slm", required=True, help="SLM: hub id, folder, .gguf or demo:slm")
+    if llm:
+        p.add_argument("--llm", required=True, help="LLM of the same tokenizer")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--no-chat", action="store_true", help="use prompts as raw text (no chat template)"
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def _training(p: argparse.ArgumentParser, lr: float, wd: float, batch: int) -> None:
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", type=float, default=wd)
+    p.add_argument("--train-batch", type=int, default=batch)
+    p.add_argument("--epochs", type=int, default=50, help="most epochs")
+    p.add_argument(
+        "--patience", type=int, default=5, help="epochs without a better validation loss"
+    )
+    p.add_argument("--min-recall", type=float, default=0.95, help="recall the threshold must keep")
+    p.add_argument("--val-frac", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="lm-eval-routed train", description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("r2r-label", help="R2R labels: responses, features, continuations, verdicts")
+    _models(p)
+    p.add_argument("--verifier", help="judge model (default: the LLM)")
+    p.add_argument("--queries", required=True, help="JSONL file or datasets id (name[:config])")
+    p.add_argument("--split", default="train")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--stop", action="append", default=[], help="string that ends a response")
+    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--cont-tokens", type=int, default=32)
+    p = sub.add_parser("r2r", help="train the R2R router on a label dataset")
+    _models(p, llm=False)
+    p.add_argument("--data", required=True, help="r2r-label work folder (or its dataset/)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--blocks", type=int, default=6)
+    p.add_argument("--dropout", type=float, default=0.1)
+    _training(p, 5e-5, 5e-4, 1024)
+    for name in ("citer-label", "citer"):
+        p = sub.add_parser(name, help="CITER labels" if name == "citer-label" else "CITER rounds")
+        _models(p)
+        p.add_argument(
+            "--data", required=True, help="JSONL/datasets id with prompt, reference, answer"
+        )
+        p.add_argument("--split", default="train")
+        p.add_argument("--prompt-field", default="prompt")
+        p.add_argument("--reference-field", default="reference")
+        p.add_argument("--limit", type=int)
+        p.add_argument("--checker", default="lm_eval_routed.training.citer:first_line_match")
+        p.add_argument("--workdir", required=True)
+        p.add_argument("--rollout-tokens", type=int, default=256)
+        p.add_argument("--stop", action="append", default=[])
+        p.add_argument("--max-rollouts", type=int, default=32)
+        p.add_argument("--rounds", type=int, default=2)
+        if name == "citer":
+            p.add_argument("--out", required=True)
+            _training(p, 1e-4, 0.0, 256)
+    return top
+
+
+def _train_opts(args) -> TrainOptions:
+    return TrainOptions(
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.train_batch,
+        max_epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+    )
+
+
+def r2r_label(args) -> dict:
+    """Run (or resume) the R2R label pipeline."""
+    from lm_eval_routed.models import check_same_vocab
+    from lm_eval_routed.training.r2r_labels import LabelOptions, build_labels
+
+    rows = load_rows(args.queries, args.split, args.limit)
+    prompts = pick_field(rows, args.prompt_field, args.queries)
+    llm, tok = load_pair_model(args.llm, args.dtype, args.device)
+    slm, slm_tok = load_pair_model(args.slm, args.dtype, args.device)
+    check_same_vocab(slm_tok, tok, args.slm, args.llm)
+    judge = load_pair_model(args.verifier, args.dtype, args.device) if args.verifier else None
+    opts = LabelOptions(
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+        top_k=args.top_k,
+        cont_tokens=args.cont_tokens,
+        batch_size=args.batch_size,
+        chat=not args.no_chat,
+    )
+    return build_labels(Path(args.workdir), slm, llm, tok, prompts, opts, judge, args.slm)
+
+
+def r2r(args) -> dict:
+    """Train the R2R router."""
+    from lm_eval_routed.training.r2r_train import R2RArch, train_r2r
+
+    slm, _ = load_pair_model(args.slm, args.dtype, args.device)
+    arch = R2RArch(args.width, args.blocks, args.dropout)
+    return train_r2r(
+        Path(args.data),
+        slm,
+        Path(args.out),
+        arch,
+        _train_opts(args),
+        args.min_recall,
+        args.val_frac,
+        args.slm,
+    )
+
+
+def citer(args, label_only: bool) -> dict:
+    """CITER: round-0 labels only, or every round of labels and training."""
+    from lm_eval_routed.models import check_same_vocab
+    from lm_eval_routed.training.citer import CiterOptions, load_checker, run_citer
+
+    rows = load_rows(args.data, args.split, args.limit)
+    pick_field(rows, args.prompt_field, args.data)
+    pick_field(rows, args.reference_field, args.data)
+    llm, tok = load_pair_model(args.llm, args.dtype, args.device)
+    slm, slm_tok = load_pair_model(args.slm, args.dtype, args.device)
+    check_same_vocab(slm_tok, tok, args.slm, args.llm)
+    opts = CiterOptions(
+        prompt_field=args.prompt_field,
+        reference_field=args.reference_field,
+        chat=not args.no_chat,
+        rollout_tokens=args.rollout_tokens,
+        stop=tuple(args.stop),
+        max_rollouts=args.max_rollouts,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        min_recall=getattr(args, "min_recall", 0.95),
+        val_frac=getattr(args, "val_frac", 0.2),
+    )
+    train_opts = _train_opts(args) if not label_only else TrainOptions()
+    out = None if label_only else Path(args.out)
+    return run_citer(
+        Path(args.workdir),
+        slm,
+        llm,
+        tok,
+        rows,
+        load_checker(args.checker),
+        opts,
+        train_opts,
+        out,
+        label_only,
+        args.slm,
+    )
+
+
+def main(argv: list[str]) -> int:
+    """`lm-eval-routed train SUBCOMMAND ...`; prints the resulting summary as JSON."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run = {
+        "r2r-label": r2r_label,
+        "r2r": r2r,
+        "citer-label": lambda a: citer(a, label_only=True),
+        "citer": lambda a: citer(a, label_only=False),
+    }[args.what]
+    try:
+        summary = run(args)
+    except ConfigError as err:
+        print(f"lm-eval-routed train {args.what}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
