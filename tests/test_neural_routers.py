@@ -140,3 +140,73 @@ def test_citer_threshold_semantics(make_runtime, tokenizer, citer_ckpt):
     )
     one = make_runtime(router="citer", router_ckpt=str(citer_ckpt)).generate(reqs(tokenizer))
     assert [r.token_ids for r in mid] == [r.token_ids for r in one]
+
+
+def test_released_r2r_layout_loads_and_scores(tmp_path, pair):
+    from lm_eval_routed.config import load_config
+    from lm_eval_routed.routers.base import StepView, make_router
+    from lm_eval_routed.routers.r2r import OFFICIAL_TYPE, OfficialR2RNet
+
+    slm = pair[0]
+    torch.manual_seed(0)
+    init = {
+        "hidden_states_size": 64,
+        "logits_size": 10,
+        "hidden_dims": [16, 32, 16],
+        "expansion_factor": 2,
+        "dropout_rate": 0.3,
+        "normalize_input": True,
+    }
+    net = OfficialR2RNet(**init).eval()
+    state = net.state_dict()
+    # parameter names as in R2R's released files (their r2r/models/router.py layout)
+    for key in (
+        "combined_projection.weight",
+        "logits_projection.weight",
+        "layer_norm_token.weight",
+        "backbone.input_projection.weight",
+        "backbone.blocks.0.layer_norm.weight",
+        "backbone.blocks.0.mlp.3.weight",
+        "backbone.blocks.0.dim_change.weight",
+        "backbone.output_layer.1.weight",
+    ):
+        assert key in state
+    assert "backbone.blocks.2.dim_change.weight" not in state  # 16 -> 16 needs no projection
+    saved = {**state, "token_embeddings.weight": torch.zeros(98, 64)}  # their "_all" variant
+    torch.save(
+        {
+            "model_type": OFFICIAL_TYPE,
+            "init_args": init,
+            "common_args": {"threshold": 0.3, "input_type": ["hidden_states", "token", "logits"]},
+            "model_specific_args": {},
+            "state_dict": saved,
+        },
+        tmp_path / "default_router.pt",
+    )
+    router = make_router(
+        "r2r", load_config(router="r2r", router_ckpt=str(tmp_path / "default_router.pt")), slm
+    )
+    assert router.threshold == 0.3 and router.num_params == sum(p.numel() for p in net.parameters())
+    view = StepView(torch.randn(5, 98), torch.randn(5, 64), torch.tensor([1, 5, 9, 20, 40]))
+    with torch.no_grad():
+        emb = slm.get_input_embeddings()(view.token)
+        expected = torch.sigmoid(net(view.hidden, emb, view.logits)) >= 0.3
+    assert torch.equal(router.route(view), expected)
+    wrong = {**init, "hidden_states_size": 32}
+    torch.save(
+        {
+            "model_type": OFFICIAL_TYPE,
+            "init_args": wrong,
+            "common_args": {},
+            "state_dict": OfficialR2RNet(**wrong).state_dict(),
+        },
+        tmp_path / "r.pt",
+    )
+    with pytest.raises(ConfigError, match="hidden size 32, but slm has 64"):
+        make_router("r2r", load_config(router="r2r", router_ckpt=str(tmp_path / "r.pt")), slm)
+    torch.save(
+        {"model_type": "LogitsClassifier", "init_args": {"logits_size": 10}, "state_dict": {}},
+        tmp_path / "l.pt",
+    )
+    with pytest.raises(ConfigError, match="only HiddenStatesTokenLMHeadLogitsClassifier"):
+        make_router("r2r", load_config(router="r2r", router_ckpt=str(tmp_path / "l.pt")), slm)

@@ -5,6 +5,10 @@ SLM's own (frozen, not stored) input embedding, and its top-100 raw logits sorte
 only). Linear(100 -> H) projects the logits; [hidden, token embedding, projected logits] -> Linear ->
 width; ``blocks`` pre-LayerNorm residual MLPs (width -> 4 width -> width, GELU, dropout); LayerNorm;
 Linear -> 1. The LLM writes the position when sigmoid(score) >= threshold.
+
+R2R's released ``.pt`` routers (``HiddenStatesTokenLMHeadLogitsClassifier``: an extra input projection,
+per-block widths ``hidden_dims``, optional input normalisation) load into ``OfficialR2RNet``, whose
+parameter names are theirs; an official-style dict holding our own key names loads into ``R2RNet``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,90 @@ class R2RNet(nn.Module):
         return self.out(self.norm(x)).squeeze(-1)
 
 
+class _OfficialBlock(nn.Module):
+    """dim_change(x) + MLP(LayerNorm(x)); attribute names follow R2R's released state dicts."""
+
+    def __init__(self, d_in: int, d_out: int, expansion: int, dropout: float) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(d_in)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_in, d_in * expansion),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(d_in * expansion, d_out),
+            nn.Dropout(dropout),
+        )
+        self.dim_change = nn.Linear(d_in, d_out) if d_in != d_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dim_change(x) + self.mlp(self.layer_norm(x))
+
+
+class _OfficialBackbone(nn.Module):
+    def __init__(self, dims: list[int], expansion: int, dropout: float) -> None:
+        super().__init__()
+        self.input_projection = nn.Linear(dims[0], dims[0])
+        steps = [*dims, dims[-1]]  # the last block keeps its width
+        self.blocks = nn.ModuleList(
+            _OfficialBlock(a, b, expansion, dropout) for a, b in zip(steps[:-1], steps[1:])
+        )
+        self.output_layer = nn.Sequential(nn.LayerNorm(dims[-1]), nn.Linear(dims[-1], 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_projection(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.output_layer(x)
+
+
+OFFICIAL_TYPE = "HiddenStatesTokenLMHeadLogitsClassifier"
+
+
+class OfficialR2RNet(nn.Module):
+    """The layout of R2R's released routers (``HiddenStatesTokenLMHeadLogitsClassifier``).
+
+    Same inputs as ``R2RNet``; widths per block come from ``hidden_dims``, there is an extra input
+    projection, and ``normalize_input`` adds LayerNorms on hidden state and token embedding and a
+    softmax over the top-k logits. The token embedding is the SLM's (dropped from their files too).
+    """
+
+    def __init__(
+        self,
+        hidden_states_size: int,
+        logits_size: int = 100,
+        hidden_dims: list[int] | tuple[int, ...] = (256, 512, 256),
+        expansion_factor: int = 4,
+        dropout_rate: float = 0.3,
+        normalize_input: bool = False,
+    ) -> None:
+        super().__init__()
+        h, dims = hidden_states_size, list(hidden_dims)
+        self.top_k, self.normalize_input = logits_size, normalize_input
+        if normalize_input:
+            self.layer_norm_hidden_states = nn.LayerNorm(h)
+            self.layer_norm_token = nn.LayerNorm(h)
+        self.logits_projection = nn.Linear(logits_size, h)
+        self.combined_projection = nn.Linear(3 * h, dims[0])
+        self.backbone = _OfficialBackbone(dims, expansion_factor, dropout_rate)
+
+    def forward(self, hidden: Tensor, token_emb: Tensor, logits: Tensor) -> Tensor:
+        top = logits.topk(self.top_k, dim=-1).values  # (b, k), sorted descending
+        if self.normalize_input:
+            hidden = self.layer_norm_hidden_states(hidden)
+            token_emb = self.layer_norm_token(token_emb)
+            top = top.softmax(-1)
+        x = torch.cat([hidden, token_emb, self.logits_projection(top)], dim=-1)
+        return self.backbone(self.combined_projection(x)).squeeze(-1)
+
+
+def _official_net(ckpt: dict) -> OfficialR2RNet:
+    """Build the released layout from a checkpoint's ``init_args`` (unsupported options: one line)."""
+    if ckpt.get("use_position_embedding"):
+        raise ConfigError("R2R checkpoints with use_position_embedding=True are not supported")
+    keys = ("logits_size", "hidden_dims", "expansion_factor", "dropout_rate", "normalize_input")
+    return OfficialR2RNet(ckpt["hidden_states_size"], **{k: ckpt[k] for k in keys if k in ckpt})
+
+
 class R2RRouter(Router):
     """Route where the trained network says the SLM token diverges."""
 
@@ -90,8 +178,19 @@ ARCH_KEYS = ("hidden_size", "width", "blocks", "top_k")
 @register_router("r2r")
 def _r2r(cfg: RoutedConfig, slm) -> Router:
     ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")
-    checkpoint.check_fits(ckpt, slm, "r2r")
-    net = R2RNet(**{k: ckpt[k] for k in ARCH_KEYS if k in ckpt})
+    official = ckpt.get("official_model_type")
+    if official not in (None, OFFICIAL_TYPE) and "hidden_size" not in ckpt:
+        raise ConfigError(
+            f"{weights} holds an R2R {official!r} router; only {OFFICIAL_TYPE} is supported"
+        )
+    if "hidden_states_size" in ckpt:  # R2R's released layout
+        ckpt = {**ckpt, "hidden_size": ckpt["hidden_states_size"]}
+        state = {k: v for k, v in state.items() if k != "token_embeddings.weight"}
+        checkpoint.check_fits(ckpt, slm, "r2r")
+        net: nn.Module = _official_net(ckpt)
+    else:  # our layout (our folders, or an official-style dict holding our key names)
+        checkpoint.check_fits(ckpt, slm, "r2r")
+        net = R2RNet(**{k: ckpt[k] for k in ARCH_KEYS if k in ckpt})
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
