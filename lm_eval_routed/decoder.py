@@ -1,7 +1,7 @@
 """MixedDecoder: batched SLM+LLM generation where rows advance independently (pause-and-batch).
 
 One loop serves every policy. Each iteration:
-  1. the SLM steps every row that is not waiting (one forward; catch-up tokens included);
+  1. the SLM steps every row that is not waiting (one packed forward; catch-up tokens included);
   2. the router marks rows whose next position goes to the LLM: they start waiting, their SLM token
      is dropped (nothing to roll back: it was never committed);
   3. once ``llm_min_batch`` rows wait, or every unfinished row does, the LLM runs one forward over the
@@ -29,8 +29,6 @@ from lm_eval_routed.routers.base import Router, StepView
 from lm_eval_routed.sampling import draw, filtered_probs
 
 log = logging.getLogger(__name__)
-
-SHORT_CATCH_UP = 4  # SLM rows with at most this many new tokens share one forward
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,6 @@ class MixedDecoder:
             "slm": self.slm.new_cache(slots, capacity),
             "llm": self.llm.new_cache(slots, capacity),
         }
-        min_batch = self.llm_min_batch or max(1, (slots + 1) // 2)
         queue = deque(enumerate(requests))
         free = list(range(slots - 1, -1, -1))
         active: list[Row] = []
@@ -147,7 +144,7 @@ class MixedDecoder:
         while queue or active:
             while queue and free:
                 active.append(self._admit(*queue.popleft(), slot=free.pop()))
-            self._step(active, caches, min_batch)
+            self._step(active, caches)
             for row in [r for r in active if r.finish]:
                 active.remove(row)
                 free.append(row.slot)
@@ -171,16 +168,28 @@ class MixedDecoder:
         row.waiting = self.router.mode == "speculative" and self._draft_budget(row) == 0
         return row
 
-    def _step(self, active: list[Row], caches: dict, min_batch: int) -> None:
+    def _step(self, active: list[Row], caches: dict) -> None:
         drafting = [r for r in active if not r.waiting]
         if self.blind:
             drafting = self._pre_route(drafting)
         if drafting:
-            self._slm_step(drafting, caches["slm"])
+            self._slm_forward(drafting, caches["slm"])
         waiting = [r for r in active if r.waiting and not r.finish]
-        unfinished = sum(1 for r in active if not r.finish)
-        if waiting and (len(waiting) >= min_batch or len(waiting) == unfinished):
+        if not waiting:
+            return
+        if self._llm_due(waiting, sum(1 for r in active if not r.finish)):
             self._llm_step(waiting, caches["llm"])
+
+    def _llm_due(self, waiting: list[Row], unfinished: int) -> bool:
+        """Whether the LLM runs now over the waiting rows (pause-and-batch scheduling).
+
+        An LLM forward costs about the same for one row as for several (its weights are read once),
+        while a waiting row sits out SLM steps. The LLM runs once ``llm_min_batch`` rows wait (by
+        default half the rows in flight, so a shrinking tail does not idle), and always when every
+        unfinished row waits, which is what keeps the loop from deadlocking.
+        """
+        min_batch = self.llm_min_batch or max(1, (unfinished + 1) // 2)
+        return len(waiting) >= min_batch or len(waiting) == unfinished
 
     def _pre_route(self, rows: list[Row]) -> list[Row]:
         """Blind policies decide first; rows they send to the LLM skip this SLM step."""
@@ -192,18 +201,6 @@ class MixedDecoder:
         return [r for r in rows if not r.waiting]
 
     # -- the two models' steps -----------------------------------------------------------------
-
-    def _slm_step(self, rows: list[Row], cache) -> None:
-        # Rows catching up over many tokens (new prompts, after a long LLM span) run apart from the
-        # decoding rows, so a long prefill does not pad every row to its length; a short catch-up
-        # (a token or two the LLM wrote) rides along with the rest.
-        pending = [len(r.context) - r.slm_len for r in rows]
-        for group in (
-            [r for r, n in zip(rows, pending) if n <= SHORT_CATCH_UP],
-            [r for r, n in zip(rows, pending) if n > SHORT_CATCH_UP],
-        ):
-            if group:
-                self._slm_forward(group, cache)
 
     def _slm_forward(self, rows: list[Row], cache) -> None:
         start = time.perf_counter()

@@ -1,23 +1,44 @@
 """One model behind the decoder: a forward over a subset of rows, each over its own new tokens.
 
-This is the only place that calls a model, so a faster engine only has to provide ``Engine``'s three
-methods. The Hugging Face version runs the base model and applies the LM head only where logits are
-needed (the last position of each row, or every position when verifying drafts).
+This is the only place that calls a model, so a faster engine only has to provide ``HFEngine``'s
+``new_cache`` and ``forward``. The Hugging Face version packs every row's new tokens into one sequence
+(``cache.PackedPlan``), runs the base model with a registered attention function that attends per row
+over the cache's own buffers, and applies the LM head only where logits are needed (each row's last
+token, or every token when verifying drafts).
+
+Token counts are padded to a multiple of ``pad_multiple`` before the matrix products: on the CPUs we
+measured, oneDNN's fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12 (the LM head of
+the demo pair: 36.6 ms at 3 rows, 17.7 ms at 4), so padding is cheaper than not padding.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers import AttentionInterface
 
-from lm_eval_routed.cache import RowKVCache
+from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, round_up
+
+ATTENTION = "lm_eval_routed_rows"
+
+
+def _rows_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """HF attention interface: ``key``/``value`` are the cache's buffers, ``routed_plan`` the layout."""
+    plan: PackedPlan | None = kwargs.get("routed_plan")
+    if plan is None:
+        raise RuntimeError(f"attention {ATTENTION!r} only runs inside HFEngine.forward")
+    return attend(query, key, value, plan, scaling), None
+
+
+AttentionInterface.register(ATTENTION, _rows_attention)
 
 
 @dataclass(frozen=True)
 class ForwardOut:
-    """Logits and last-layer hidden states of one forward."""
+    """Logits and last-layer hidden states of one forward, rows in the caller's order."""
 
     logits: (
         Tensor  # (b, V) at each row's last new token, or (b, q, V) when all positions were asked
@@ -28,17 +49,31 @@ class ForwardOut:
 class HFEngine:
     """A Hugging Face causal LM driven through a ``RowKVCache``."""
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, vocab_size: int, pad_multiple: int = 0) -> None:
         self.model = model
         self.base = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.device = next(model.parameters()).device
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
         self.pad_id = 0
+        # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
+        self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
 
     def new_cache(self, batch: int, capacity: int) -> RowKVCache:
         """An empty cache for ``batch`` slots of up to ``capacity`` tokens each."""
         return RowKVCache(batch, capacity, self.device)
+
+    @contextmanager
+    def _row_attention(self):
+        # The model's config names its attention function; ours is swapped in for our own forwards
+        # only, so the same model object still works everywhere else (plain generate, lm-eval's hf).
+        config = self.base.config
+        before = config._attn_implementation
+        config._attn_implementation = ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = before
 
     @torch.inference_mode()
     def forward(
@@ -50,20 +85,47 @@ class HFEngine:
         all_logits: bool = False,
     ) -> ForwardOut:
         """Run ``tokens[i]`` for slot ``rows[i]`` whose cache holds ``lengths[i]`` tokens."""
-        counts = [len(t) for t in tokens]
-        q = max(counts)
-        ids = torch.tensor([t + [self.pad_id] * (q - len(t)) for t in tokens], device=self.device)
-        rows_t = torch.tensor(rows, device=self.device)
-        counts_t = torch.tensor(counts, device=self.device)
-        positions, mask = cache.prepare(rows_t, torch.tensor(lengths, device=self.device), counts_t)
-        out = self.base(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+        order = sorted(range(len(rows)), key=rows.__getitem__)  # packed in slot order
+        plan = cache.prepare(
+            [rows[i] for i in order],
+            [lengths[i] for i in order],
+            [len(tokens[i]) for i in order],
+            self.pad_multiple,
         )
-        hidden = out.last_hidden_state  # (b, q, H)
-        last = hidden[torch.arange(len(rows), device=self.device), counts_t - 1]  # (b, H)
-        logits = self.head(hidden if all_logits else last)[..., : self.vocab_size].float()
+        packed = [t for i in order for t in tokens[i]]
+        width = plan.positions.shape[1]
+        ids = torch.tensor([packed + [self.pad_id] * (width - len(packed))], device=self.device)
+        with self._row_attention():
+            out = self.base(
+                input_ids=ids,
+                position_ids=plan.positions,
+                attention_mask=_PASS_THROUGH_MASK,
+                past_key_values=cache,
+                use_cache=True,
+                routed_plan=plan,
+            )
+        hidden = out.last_hidden_state[0]  # (S, H), packed
+        spans = [None] * len(rows)
+        for i, span in zip(order, plan.spans):
+            spans[i] = span  # back to the caller's order
+        last = hidden[torch.tensor([s.offset + s.new - 1 for s in spans], device=self.device)]
+        if not all_logits:
+            return ForwardOut(logits=self._logits(last), hidden=last)
+        every = self._logits(hidden)  # (S, V)
+        q = max(s.new for s in spans)
+        logits = every.new_zeros(len(rows), q, every.shape[-1])
+        for i, s in enumerate(spans):
+            logits[i, : s.new] = every[s.offset : s.offset + s.new]
         return ForwardOut(logits=logits, hidden=last)
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        """LM head over (n, H) rows, padded to a GEMM-friendly row count; float32 (n, V)."""
+        n = hidden.shape[0]
+        pad = round_up(n, self.pad_multiple) - n
+        if pad:
+            hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
+        return self.head(hidden)[:n, : self.vocab_size].float()
+
+
+# A prepared 4D mask makes Hugging Face skip building its own; ``attend`` masks per row instead.
+_PASS_THROUGH_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)

@@ -1,0 +1,92 @@
+"""The packed engine against the plain model: every layout must give the logits of a full re-forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lm_eval_routed.cache import round_up
+from lm_eval_routed.engine import HFEngine
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41, 42, 43]]
+
+
+def reference(model, seq: list[int]) -> torch.Tensor:
+    """(len(seq), V) logits of one sequence through the plain model, no cache."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([seq])).logits[0].float()
+
+
+@pytest.fixture(params=[1, 4], ids=["no-padding", "pad-to-4"])
+def engine(pair, request):
+    return HFEngine(pair[1], vocab_size=98, pad_multiple=request.param)
+
+
+def prefilled(engine: HFEngine):
+    cache = engine.new_cache(len(PROMPTS), 64)
+    out = engine.forward(cache, [0, 1, 2, 3], [0, 0, 0, 0], PROMPTS)
+    return cache, out
+
+
+def test_prefill_of_unequal_prompts_matches_plain(engine, pair):
+    _, out = prefilled(engine)
+    for i, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(out.logits[i], reference(pair[1], prompt)[-1], atol=1e-4, rtol=0)
+
+
+def test_ragged_rows_in_any_order(engine, pair):
+    cache, _ = prefilled(engine)
+    rows, new = [3, 1, 2], [[44], [23, 24, 25], [35, 36]]  # not in slot order, 1 to 3 tokens each
+    lengths = [len(PROMPTS[r]) for r in rows]
+    out = engine.forward(cache, rows, lengths, new, all_logits=True)
+    assert out.logits.shape == (3, 3, 98) and out.hidden.shape == (3, 64)
+    for i, (row, tokens) in enumerate(zip(rows, new)):
+        ref = reference(pair[1], PROMPTS[row] + tokens)[-len(tokens) :]
+        torch.testing.assert_close(out.logits[i, : len(tokens)], ref, atol=1e-4, rtol=0)
+
+
+def test_dense_decode_step_with_unequal_lengths(engine, pair):
+    cache, _ = prefilled(engine)
+    new = [[50], [51], [52], [53]]  # slots 0..3, one token each: the batched attention path
+    out = engine.forward(cache, [0, 1, 2, 3], [len(p) for p in PROMPTS], new)
+    for i, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(
+            out.logits[i], reference(pair[1], prompt + new[i])[-1], atol=1e-4, rtol=0
+        )
+
+
+def test_rows_outside_a_forward_keep_their_cache(engine):
+    cache, _ = prefilled(engine)
+    before = [k[:4].clone() for k in cache.keys]
+    engine.forward(cache, [2], [len(PROMPTS[2])], [[60, 61, 62]])  # 3 tokens: padded when pad-to-4
+    for k, old in zip(cache.keys, before):
+        assert torch.equal(k[[0, 1, 3]], old[[0, 1, 3]])
+        n = len(PROMPTS[2])
+        assert torch.equal(k[2, :, :n], old[2, :, :n]) and not torch.equal(
+            k[2, :, n : n + 3], old[2, :, n : n + 3]
+        )
+
+
+def test_rolled_back_row_overwrites_stale_slots(engine, pair):
+    cache, _ = prefilled(engine)
+    n = len(PROMPTS[1])
+    engine.forward(
+        cache, [1], [n], [[70, 71, 72]]
+    )  # drafts later rejected: the length goes back to n
+    out = engine.forward(cache, [1], [n], [[80]])
+    torch.testing.assert_close(
+        out.logits[0], reference(pair[1], PROMPTS[1] + [80])[-1], atol=1e-4, rtol=0
+    )
+
+
+def test_model_attention_is_left_as_found(engine, pair):
+    before = pair[1].config._attn_implementation
+    prefilled(engine)
+    assert pair[1].config._attn_implementation == before
+    with torch.no_grad():  # the same model still runs its own attention outside the engine
+        pair[1](input_ids=torch.tensor([PROMPTS[0]]))
+
+
+def test_round_up():
+    assert [round_up(n, 4) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 4, 4, 4, 8, 8, 12]
+    assert round_up(7, 1) == 7
