@@ -38,6 +38,8 @@ class PackedPlan:
     write_slots: Tensor  # (S,) slot within that row
     masks: dict[tuple[int, int], Tensor]  # (new, kv) -> (new, kv) causal mask for multi-token rows
     dense: int  # > 0: rows are slots 0..dense-1 with one token each -> one batched attention
+    dense_kv: int = 0  # slots the batched attention reads (the longest row)
+    dense_mask: Tensor | None = None  # (dense, 1, 1, dense_kv) hides slots past shorter rows
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -83,6 +85,13 @@ class RowKVCache:
             offset += new
         pad = round_up(offset, multiple) - offset
         dense = len(rows) if rows == list(range(len(rows))) and offset == len(rows) else 0
+        dense_kv = max(s.kv for s in spans)
+        dense_mask = None
+        if dense and min(s.kv for s in spans) != dense_kv:
+            kv_t = torch.tensor([s.kv for s in spans], device=self.device)
+            dense_mask = (torch.arange(dense_kv, device=self.device)[None, :] < kv_t[:, None])[
+                :, None, None
+            ]
         self.plan = PackedPlan(
             spans=tuple(spans),
             positions=torch.tensor([positions + [0] * pad], device=self.device),
@@ -90,6 +99,8 @@ class RowKVCache:
             write_slots=torch.tensor(write_slots + [0] * pad, device=self.device),
             masks=masks,
             dense=dense,
+            dense_kv=dense_kv,
+            dense_mask=dense_mask,
         )
         return self.plan
 
@@ -127,25 +138,25 @@ def attend(
     runs row by row, each over a view of its slots, so ragged forwards never pad or copy the cache.
     Padding queries attend to nothing and come out as zeros.
     """
-    out = query.new_zeros(query.shape)  # (1, H, S, D)
+    _, heads, width, dim = query.shape
     if plan.dense:
-        b = plan.dense
-        kv = max(s.kv for s in plan.spans)
-        lengths = torch.tensor([s.kv for s in plan.spans], device=query.device)
-        mask = None
-        if int(lengths.min()) != kv:
-            mask = (torch.arange(kv, device=query.device)[None, :] < lengths[:, None])[
-                :, None, None
-            ]
-        q = query[0, :, :b].transpose(0, 1).unsqueeze(2)  # (b, H, 1, D)
+        b, kv = plan.dense, plan.dense_kv
         res = F.scaled_dot_product_attention(
-            q, k_buf[:b, :, :kv], v_buf[:b, :, :kv], attn_mask=mask, scale=scale, enable_gqa=True
+            query[0, :, :b].transpose(0, 1).unsqueeze(2),  # (b, H, 1, D): one query per row
+            k_buf[:b, :, :kv],
+            v_buf[:b, :, :kv],
+            attn_mask=plan.dense_mask,
+            scale=scale,
+            enable_gqa=True,
         )
-        out[0, :, :b] = res.squeeze(2).transpose(0, 1)
-        return out.transpose(1, 2)
+        out = res.squeeze(2).unsqueeze(0)  # (1, b, H, D)
+        if width > b:
+            out = torch.cat([out, out.new_zeros(1, width - b, heads, dim)], dim=1)
+        return out
+    out = query.new_zeros(1, width, heads, dim)
     for s in plan.spans:
         rows = slice(s.slot, s.slot + 1)
-        out[:, :, s.offset : s.offset + s.new] = F.scaled_dot_product_attention(
+        res = F.scaled_dot_product_attention(
             query[:, :, s.offset : s.offset + s.new],
             k_buf[rows, :, : s.kv],
             v_buf[rows, :, : s.kv],
@@ -153,4 +164,5 @@ def attend(
             scale=scale,
             enable_gqa=True,
         )
-    return out.transpose(1, 2)
+        out[0, s.offset : s.offset + s.new] = res[0].transpose(0, 1)
+    return out

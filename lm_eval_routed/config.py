@@ -38,7 +38,7 @@ class RoutedConfig:
     batch_size: int = 1
     max_length: int | None = None  # prompt + generation budget; default: the LLM's context size
     max_gen_toks: int = 256
-    llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = chosen from the batch size
+    llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = half the rows in flight
     schedule: str = (
         "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
     )
@@ -62,7 +62,7 @@ class RoutedConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be a positive integer")
         if self.llm_min_batch < 0:
-            raise ConfigError("llm_min_batch must be >= 0 (0 picks it from the batch size)")
+            raise ConfigError("llm_min_batch must be >= 0 (0 picks it from the rows in flight)")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"

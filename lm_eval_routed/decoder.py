@@ -75,9 +75,15 @@ class Row:
     finish: str | None = None
     tally: SampleTally = field(default_factory=SampleTally)
 
-    @property
-    def context(self) -> list[int]:
-        return self.seq + self.drafts
+    def unseen(self, held: int) -> list[int]:
+        """Committed tokens and drafts after the first ``held`` (what a model has not processed).
+
+        Sliced without building ``seq + drafts``: rows run to thousands of tokens, and this is
+        called for every row at every step.
+        """
+        if held <= len(self.seq):
+            return self.seq[held:] + self.drafts
+        return self.drafts[held - len(self.seq) :]
 
     @property
     def generated(self) -> int:
@@ -257,7 +263,7 @@ class MixedDecoder:
     def _forward(self, model: str, rows: list[Row], cache, all_logits: bool) -> tuple:
         engine = self.slm if model == "slm" else self.llm
         held = [r.slm_len if model == "slm" else r.llm_len for r in rows]
-        new = [r.context[n:] for r, n in zip(rows, held)]
+        new = [r.unseen(n) for r, n in zip(rows, held)]
         out = engine.forward(cache, [r.slot for r in rows], held, new, all_logits=all_logits)
         for row, tokens in zip(rows, new):
             if model == "slm":

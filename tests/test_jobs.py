@@ -101,4 +101,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
         < float(rows["random p=0.4"]["activated_params"])
         < float(rows["llm-only"]["activated_params"])
     )
+    for kind in ("r2r", "citer"):  # each shipped router, and random at the share it reached
+        share = float(rows[f"{kind} (demo ckpt)"]["llm_share"])
+        assert f"random p={round(share, 2):g} (= {kind} (demo ckpt) share)" in rows
     assert (tmp_path / "pareto.png").stat().st_size > 1000

@@ -2,7 +2,9 @@
 
 Runs every configuration below on the ``routed_demo`` task with the demo pair (SmolLM2-135M-Instruct as
 the LLM, a distilled student as the SLM), all offline, and writes ``leaderboard.md``, ``leaderboard.csv``
-and ``pareto.png`` to the output folder. Finished cells are kept: re-running resumes.
+and ``pareto.png`` to the output folder. Each trained router shipped in ``router_ckpts/`` also gets its
+control: random routing at the LLM share the router reached, so "does it beat random at equal cost?" is
+one glance at the table. Finished cells are kept: re-running resumes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ def demo_configs() -> list[dict]:
     return configs
 
 
+def matched_controls(summaries: list[dict]) -> list[dict]:
+    """Random routing at each trained router's measured LLM share: the control it has to beat."""
+    controls = []
+    for summary in summaries:
+        if summary["config"]["router"] in ("r2r", "citer") and summary["accounting"]:
+            p = round(summary["accounting"]["llm_share"], 2)
+            name = f"random p={p:g} (= {summary['label']} share)"
+            controls.append({"router": "random", "p": p, "name": name})
+    return controls
+
+
 def main(argv: list[str]) -> int:
     """Run the demo sweep and print the leaderboard."""
     ap = argparse.ArgumentParser(prog="lm-eval-routed demo", description=__doc__)
@@ -54,12 +67,10 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     out = Path(args.out)
-    summaries = run_sweep(
-        demo_configs(),
-        [args.task],
-        out,
-        base={"config": "demo", "batch_size": args.batch_size},
-        limit=args.limit,
+    base = {"config": "demo", "batch_size": args.batch_size}
+    summaries = run_sweep(demo_configs(), [args.task], out, base=base, limit=args.limit)
+    summaries += run_sweep(
+        matched_controls(summaries), [args.task], out, base=base, limit=args.limit
     )
     print(write_leaderboard(summaries, out))
     print(f"leaderboard.md, leaderboard.csv and pareto.png written to {out}/")
