@@ -22,8 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationConfig
 
+from lm_eval_routed.cache import round_up
 from lm_eval_routed.config import load_config
 from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime
@@ -46,58 +47,76 @@ def sync(device: torch.device) -> None:
 
 
 class PlainCosts:
-    """Time the plain models at given (batch, tokens) shapes over a warm cache, memoized."""
+    """Plain forwards of each model at (batch, new tokens) over a warm cache, memoized per repeat.
 
-    def __init__(self, rt: RoutedRuntime, kv_len: int, repeats: int = 3) -> None:
+    One cache per (model, batch) is prefilled once to ``kv_len`` and cropped back after every timed
+    forward, so timing a shape costs one forward, not a prefill. ``reset()`` between repeats re-times
+    every shape next to the runs it prices: absolute speed drifts on shared machines, ratios taken
+    side by side do not.
+    """
+
+    def __init__(self, rt: RoutedRuntime, kv_len: int) -> None:
         self.models = {"slm": rt.slm, "llm": rt.llm}
-        self.kv_len, self.repeats, self.device = kv_len, repeats, rt.device
+        self.kv_len, self.device = kv_len, rt.device
         self.memo: dict[tuple[str, int, int], float] = {}
+        self.warm: dict[tuple[str, int], DynamicCache] = {}
+
+    def reset(self) -> None:
+        self.memo.clear()
 
     @torch.inference_mode()
     def forward_s(self, model: str, batch: int, tokens: int) -> float:
         key = (model, batch, tokens)
         if key not in self.memo:
             net = self.models[model]
+            cache = self.warm.get((model, batch))
+            if cache is None:
+                cache = self.warm[(model, batch)] = DynamicCache(config=net.config)
+                ids = torch.zeros(batch, self.kv_len, dtype=torch.long, device=self.device)
+                net(input_ids=ids, past_key_values=cache, use_cache=True)
+            ids = torch.zeros(batch, tokens, dtype=torch.long, device=self.device)
             times = []
-            for _ in range(self.repeats):
-                cache = DynamicCache(config=net.config)
-                net(
-                    input_ids=torch.zeros(batch, self.kv_len, dtype=torch.long, device=self.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                ids = torch.zeros(batch, tokens, dtype=torch.long, device=self.device)
+            for _ in range(2):
                 sync(self.device)
                 start = time.perf_counter()
                 net(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 sync(self.device)
                 times.append(time.perf_counter() - start)
-            self.memo[key] = statistics.median(times)
+                cache.crop(-tokens)
+            self.memo[key] = min(times)
         return self.memo[key]
 
     def ideal_s(self, trace: list[tuple[str, list[int]]]) -> float:
-        """The run's forwards without padding: rows x ceil(mean new tokens) on the plain model."""
+        """The run's forwards without padding: rows x ceil(mean new tokens) on the plain model.
+
+        Each forward is priced at the cheaper of that shape and the same with rows rounded up to a
+        multiple of 4, so the GEMM-friendly padding the engine does cannot flatter the ratio.
+        """
         total = 0.0
         for model, fed in trace:
-            per_row = -(-sum(fed) // len(fed))
-            total += self.forward_s(model, len(fed), per_row)
+            rows, per_row = len(fed), -(-sum(fed) // len(fed))
+            total += min(
+                self.forward_s(model, rows, per_row),
+                self.forward_s(model, round_up(rows, 4), per_row),
+            )
         return total
 
 
-def requests(rt: RoutedRuntime, batch: int, tokens: int) -> list[GenRequest]:
+def requests(rt: RoutedRuntime, n: int, tokens: int) -> list[GenRequest]:
+    """``n`` chat prompts (cycling through PROMPTS), each with its own seed."""
     tok = rt.tokenizer
     out = []
-    for i in range(batch):
+    for i in range(n):
         chat = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         out.append(GenRequest(rt.encode(text, tokens), tokens, seed=i))
     return out
 
 
-def run_routed(rt: RoutedRuntime, batch: int, tokens: int) -> dict:
-    """One routed run with the EOS disabled so every row makes exactly ``tokens`` tokens."""
+def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int) -> dict:
+    """One routed run of ``n`` requests, EOS disabled so every row makes exactly ``tokens`` tokens."""
     rt.decoder.eos_ids, rt.decoder.trace = set(), []
-    reqs = requests(rt, batch, tokens)
+    reqs = requests(rt, n, tokens)
     sync(rt.device)
     start = time.perf_counter()
     results = rt.decoder.generate(reqs, batch)
@@ -115,88 +134,100 @@ def run_routed(rt: RoutedRuntime, batch: int, tokens: int) -> dict:
 
 
 @torch.inference_mode()
-def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, assistant=None) -> float:
-    """Wall time of plain greedy ``generate`` (left-padded batch), optionally assisted."""
-    reqs = requests(rt, batch, tokens)
-    width = max(len(r.prompt_ids) for r in reqs)
+def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assistant=None) -> float:
+    """Wall time of plain greedy ``generate`` over ``n`` requests, ``batch`` at a time (left-padded)."""
+    reqs = requests(rt, n, tokens)
     pad = rt.tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in reqs])
-    mask = (
-        torch.arange(width)[None, :]
-        >= torch.tensor([width - len(r.prompt_ids) for r in reqs])[:, None]
+    config = GenerationConfig(
+        max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad
     )
     kwargs = {"assistant_model": assistant} if assistant is not None else {}
-    sync(rt.device)
-    start = time.perf_counter()
-    model.generate(
-        input_ids=ids.to(rt.device),
-        attention_mask=mask.long().to(rt.device),
-        max_new_tokens=tokens,
-        min_new_tokens=tokens,
-        do_sample=False,
-        pad_token_id=pad,
-        **kwargs,
-    )
-    sync(rt.device)
-    return time.perf_counter() - start
+    total = 0.0
+    for chunk in (reqs[i : i + batch] for i in range(0, n, batch)):
+        width = max(len(r.prompt_ids) for r in chunk)
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in chunk])
+        mask = ids.new_tensor(
+            [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in chunk]
+        )
+        sync(rt.device)
+        start = time.perf_counter()
+        model.generate(
+            input_ids=ids.to(rt.device),
+            attention_mask=mask.to(rt.device),
+            generation_config=config,
+            **kwargs,
+        )
+        sync(rt.device)
+        total += time.perf_counter() - start
+    return total
+
+
+def decoding_cases(batch: int) -> list[tuple[str, dict]]:
+    """The routed runs of one batch size: random shares, stitching, speculative, lockstep."""
+    cases = [
+        (f"random r={r}", {"router": "random", "p": str(r)}) for r in (0.0, 0.05, 0.15, 0.3, 1.0)
+    ]
+    cases += [(f"entropy t={t}", {"router": "entropy", "threshold": str(t)}) for t in (0.1, 0.3)]
+    if batch == 1:
+        cases.append(("speculative", {"router": "speculative"}))
+    else:
+        cases += [
+            (f"lockstep r={r}", {"router": "random", "p": str(r), "schedule": "lockstep"})
+            for r in (0.05, 0.15, 0.3)
+        ]
+    return cases
 
 
 def bench_decoding(rt_for, args) -> dict:
-    """Alternate plain and routed runs; medians over repeats."""
-    cases = [
-        (f"random r={r}", {"router": "random", "p": str(r)}, r) for r in (0.0, 0.05, 0.15, 0.3, 1.0)
-    ]
-    cases += [
-        (f"entropy t={t}", {"router": "entropy", "threshold": str(t)}, None) for t in (0.1, 0.3)
-    ]
-    cases.append(("speculative", {"router": "speculative"}, None))
+    """Per repeat and case: plain LLM ``generate``, the routed run, then its ideal, side by side.
+
+    Absolute speed drifts by a quarter over a minute on shared machines, so every ratio is taken
+    between runs made back to back; the table holds the median of each ratio over repeats.
+    """
     base = rt_for({"router": "slm-only"})
     plain = PlainCosts(
         base, kv_len=len(requests(base, 1, args.tokens)[0].prompt_ids) + args.tokens // 2
     )
     rows = []
     for batch in args.batches:
-        plain_llm = [run_plain(base.llm, base, batch, args.tokens) for _ in range(args.repeats)]
-        plain_slm = [run_plain(base.slm, base, batch, args.tokens) for _ in range(args.repeats)]
-        llm_s = statistics.median(plain_llm)
-        batch_cases = list(cases)
-        if batch > 1:
-            batch_cases += [
-                (f"lockstep r={r}", {"router": "random", "p": str(r), "schedule": "lockstep"}, r)
-                for r in (0.05, 0.15, 0.3)
-            ]
-        for name, extra, _ in batch_cases:
-            if batch > 1 and name.startswith("speculative"):
-                continue
-            rt = rt_for(extra)
-            runs = [run_routed(rt, batch, args.tokens) for _ in range(args.repeats)]
-            wall = statistics.median(r["wall_s"] for r in runs)
-            ideal = plain.ideal_s(runs[0]["trace"])
-            row = {
-                "case": name,
-                "batch": batch,
-                "llm_share": runs[0]["llm_share"],
-                "ratio_vs_ideal": wall / ideal,
-                "speedup_vs_llm_generate": llm_s / wall,
-                "llm_forwards_per_100_tokens": runs[0]["llm_forwards_per_100"],
-            }
-            if name == "speculative":
-                assisted = statistics.median(
-                    run_plain(base.llm, base, 1, args.tokens, assistant=base.slm)
-                    for _ in range(args.repeats)
-                )
-                row["ratio_vs_assisted_generation"] = wall / assisted
+        n = args.requests or max(batch, 4)  # several at batch 1, so LLM shares average out
+        cases = [
+            c for c in decoding_cases(batch) if not args.cases or any(k in c[0] for k in args.cases)
+        ]
+        samples: dict[str, list[dict]] = defaultdict(list)
+        for rep in range(args.repeats):
+            plain.reset()
+            llm_s = run_plain(base.llm, base, batch, args.tokens, n)
+            slm_s = run_plain(base.slm, base, batch, args.tokens, n)
+            samples["plain slm generate"].append({"speedup_vs_llm_generate": llm_s / slm_s})
+            for name, extra in cases:
+                llm_s = run_plain(base.llm, base, batch, args.tokens, n)
+                run = run_routed(rt_for(extra), batch, args.tokens, n)
+                figures = {
+                    "llm_share": run["llm_share"],
+                    "ratio_vs_ideal": run["wall_s"] / plain.ideal_s(run["trace"]),
+                    "speedup_vs_llm_generate": llm_s / run["wall_s"],
+                    "llm_forwards_per_100_tokens": run["llm_forwards_per_100"],
+                }
+                if name == "speculative":
+                    assisted = run_plain(base.llm, base, batch, args.tokens, n, assistant=base.slm)
+                    figures["ratio_vs_assisted_generation"] = run["wall_s"] / assisted
+                samples[name].append(figures)
+            print(f"batch {batch}: repeat {rep + 1}/{args.repeats} done", flush=True)
+        for name in ["plain slm generate"] + [n for n, _ in cases]:
+            row = {"case": name, "batch": batch, **_medians(samples[name])}
             rows.append(row)
             print(format_row(row), flush=True)
-        rows.append(
-            {
-                "case": "plain slm generate",
-                "batch": batch,
-                "speedup_vs_llm_generate": llm_s / statistics.median(plain_slm),
-            }
-        )
-        print(format_row(rows[-1]), flush=True)
-    return {"rows": rows}
+    return {"rows": rows, "repeats": args.repeats}
+
+
+def _medians(samples: list[dict]) -> dict:
+    """Median of every figure over repeats, and the spread of the two ratios users read."""
+    out = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    for key in ("ratio_vs_ideal", "speedup_vs_llm_generate"):
+        if key in samples[0] and len(samples) > 1:
+            out[f"{key}_range"] = [min(s[key] for s in samples), max(s[key] for s in samples)]
+    return out
 
 
 def format_row(row: dict) -> str:
@@ -258,6 +289,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per row")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--requests", type=int, default=0, help="requests per run (default: batch size, at least 4)"
+    )
+    ap.add_argument(
+        "--cases", nargs="+", help="run only cases whose name contains one of these (e.g. r=0.15)"
+    )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument(
         "--task", default="routed_demo", help="generate_until task for the lm-eval comparison"
