@@ -1,0 +1,291 @@
+"""Train the shipped demo routers, router_ckpts/demo-r2r/ and router_ckpts/demo-citer/, on the demo pair.
+
+Prompts use the routed_demo task's few-shot format (tasks/demo/utils.py) but never its 60 questions:
+the countries and words that make_data.py left out, plus others listed here, so the demo's scores are
+not measured on the routers' training data. Everything runs offline on CPU in a few minutes; every step
+resumes from the work folder. Sizes and optimiser settings are scaled down for a few hundred tokens
+(the paper's lr 5e-5 at batch 1024 would take a step per epoch here); the config.json of each router
+records what was used.
+
+    python scripts/train_demo_routers.py [--workdir build/demo-routers] [--out router_ckpts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lm_eval_routed import demo_pair  # noqa: E402
+from lm_eval_routed.config import load_config  # noqa: E402
+from lm_eval_routed.decoder import GenRequest  # noqa: E402
+from lm_eval_routed.runtime import build_runtime  # noqa: E402
+from lm_eval_routed.training.citer import (  # noqa: E402
+    CiterOptions,
+    first_line_match,
+    round_labels,
+    run_citer,
+    split_by_sample,
+)
+from lm_eval_routed.training.common import JsonlLog  # noqa: E402
+from lm_eval_routed.training.r2r_labels import LabelOptions, build_labels  # noqa: E402
+from lm_eval_routed.training.r2r_train import (  # noqa: E402
+    R2RArch,
+    load_dataset,
+    split_by_response,
+    train_r2r,
+)
+from lm_eval_routed.training.trainer import TrainOptions  # noqa: E402
+
+# Questions outside demo.jsonl (answers are only needed by CITER's checker).
+MORE_CAPITALS = {
+    "Brazil": "Brasilia",
+    "Colombia": "Bogota",
+    "Ukraine": "Kyiv",
+    "Switzerland": "Bern",
+    "Malaysia": "Kuala Lumpur",
+    "Nigeria": "Abuja",
+    "Ghana": "Accra",
+    "Mongolia": "Ulaanbaatar",
+    "Uruguay": "Montevideo",
+    "Paraguay": "Asuncion",
+    "Bolivia": "Sucre",
+    "Ecuador": "Quito",
+    "Cambodia": "Phnom Penh",
+    "Laos": "Vientiane",
+    "Sri Lanka": "Colombo",
+    "Bangladesh": "Dhaka",
+    "Kazakhstan": "Astana",
+    "Uzbekistan": "Tashkent",
+    "Georgia": "Tbilisi",
+    "Armenia": "Yerevan",
+    "Serbia": "Belgrade",
+    "Croatia": "Zagreb",
+    "Slovakia": "Bratislava",
+    "Slovenia": "Ljubljana",
+    "Estonia": "Tallinn",
+    "Latvia": "Riga",
+    "Lithuania": "Vilnius",
+    "Belarus": "Minsk",
+    "Tunisia": "Tunis",
+    "Algeria": "Algiers",
+    "Libya": "Tripoli",
+    "Sudan": "Khartoum",
+    "Uganda": "Kampala",
+    "Zimbabwe": "Harare",
+    "Zambia": "Lusaka",
+    "Angola": "Luanda",
+    "Senegal": "Dakar",
+    "Jamaica": "Kingston",
+    "Panama": "Panama City",
+    "Honduras": "Tegucigalpa",
+    "Nicaragua": "Managua",
+    "Luxembourg": "Luxembourg",
+    "Malta": "Valletta",
+    "Cyprus": "Nicosia",
+    "Albania": "Tirana",
+    "Moldova": "Chisinau",
+    "Singapore": "Singapore",
+    "Oman": "Muscat",
+    "Kuwait": "Kuwait City",
+    "Costa Rica": "San Jose",
+}
+MORE_OPPOSITES = {
+    "wrong": "right",
+    "black": "white",
+    "begin": "end",
+    "give": "take",
+    "come": "go",
+    "always": "never",
+    "before": "after",
+    "above": "below",
+    "safe": "dangerous",
+    "easy": "hard",
+    "cheap": "expensive",
+    "asleep": "awake",
+    "alive": "dead",
+    "friend": "enemy",
+    "north": "south",
+    "east": "west",
+    "king": "queen",
+    "remember": "forget",
+    "increase": "decrease",
+    "positive": "negative",
+    "smooth": "rough",
+    "tall": "short",
+    "in": "out",
+    "yes": "no",
+    "question": "answer",
+    "accept": "refuse",
+    "laugh": "cry",
+    "borrow": "lend",
+    "float": "sink",
+    "arrive": "leave",
+}
+
+
+def _demo_utils():
+    spec = importlib.util.spec_from_file_location("demo_utils", ROOT / "tasks/demo/utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_rows() -> list[dict]:
+    """Prompt, reference and answer for every demo-format question not among the demo's 60."""
+    sys.path.insert(0, str(ROOT / "tasks/demo"))
+    import make_data  # the demo's own generator: its leftover items are fair training material
+
+    utils = _demo_utils()
+    used = {(r["kind"], r["question"]) for r in make_data.build()}
+    items = [("capital", q, a) for q, a in {**make_data.CAPITALS, **MORE_CAPITALS}.items()]
+    items += [("opposite", q, a) for q, a in {**make_data.OPPOSITES, **MORE_OPPOSITES}.items()]
+    rows = []
+    for kind, q, a in items:
+        if (kind, q) in used:
+            continue
+        doc = {"kind": kind, "question": q, "answer": a}
+        ask = utils.TEMPLATES[kind][0].format(q=q)
+        # the task's three-shot prompt, and the bare question for more (and more varied) tokens
+        for prompt in (utils.doc_to_text(doc), ask):
+            rows.append({"prompt": prompt, "reference": f" {a}\n", "answer": a})
+    return rows
+
+
+def decode_share(pair, kind: str, ckpt: Path, prompts: list[str]) -> float:
+    """Mean per-sample LLM share of the routed decoder on ``prompts``, decoded as routed_demo does.
+
+    A router's validation rate is measured teacher-forced on reference tokens; a run conditions
+    later positions on whatever the LLM wrote, so its share differs. This is the share a run on the
+    same kind of prompts should land near, and config.json records it as the router's target.
+    """
+    slm, llm, tok = pair
+    cfg = {"router": kind, "router_ckpt": str(ckpt), "cost_slm": "0:0", "cost_llm": "0:0"}
+    runtime = build_runtime(load_config({**cfg, "batch_size": 8}), slm=slm, llm=llm, tokenizer=tok)
+    reqs = [  # the task's generation_kwargs: until "\n", max_gen_toks 8, greedy
+        GenRequest(tok(p, add_special_tokens=False)["input_ids"], 8, stop=("\n",)) for p in prompts
+    ]
+    results = runtime.generate(reqs)
+    return sum(r.record.llm_share for r in results) / len(results)
+
+
+def record_target(ckpt: Path, share: float, n_prompts: int) -> dict:
+    """Add the decode-time share on held-out prompts to a checkpoint's config.json."""
+    path = ckpt / "config.json"
+    config = json.loads(path.read_text())
+    config["metrics"]["decode_llm_share"] = round(share, 4)
+    config["metrics"]["decode_prompts"] = n_prompts
+    config["metrics"]["decode_note"] = (
+        "mean per-sample LLM share when decoding the validation questions' task-format prompts "
+        "(until newline, 8 tokens, greedy): the share a routed_demo run should land near"
+    )
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
+
+
+def heldout_task_prompts(rows: list[dict], val_ids: list[int]) -> list[str]:
+    """The task-format prompts (even rows) of validation questions: never trained on."""
+    return [rows[i]["prompt"] for i in sorted(val_ids) if i % 2 == 0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Label, train and write both demo routers; print their label and validation figures."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default=str(ROOT / "build" / "demo-routers"))
+    p.add_argument("--out", default=str(ROOT / "router_ckpts"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    work, out = Path(args.workdir), Path(args.out)
+    llm, tok = demo_pair.load_demo_llm(torch.float32, "cpu")
+    slm, _ = demo_pair.load_demo_slm(torch.float32, "cpu")
+    rows = training_rows()
+    logging.info("%d training questions", len(rows))
+
+    label_opts = LabelOptions(
+        max_new_tokens=8, stop=("\n",), cont_tokens=12, batch_size=8, chat=False
+    )
+    meta = build_labels(
+        work / "r2r", slm, llm, tok, [r["prompt"] for r in rows], label_opts, slm_ref="demo:slm"
+    )
+    r2r_cfg = train_r2r(
+        work / "r2r",
+        slm,
+        out / "demo-r2r",
+        R2RArch(width=128, blocks=2, dropout=0.1),
+        TrainOptions(lr=1e-3, weight_decay=5e-4, batch_size=64, max_epochs=300, patience=30),
+        min_recall=0.95,
+        val_frac=0.25,
+        slm_ref="demo:slm",
+    )
+    citer_opts = CiterOptions(
+        chat=False,
+        rollout_tokens=8,
+        stop=("\n",),
+        batch_size=8,
+        rounds=2,
+        min_recall=0.95,
+        val_frac=0.25,
+    )
+    citer_cfg = run_citer(
+        work / "citer",
+        slm,
+        llm,
+        tok,
+        rows,
+        first_line_match,
+        citer_opts,
+        TrainOptions(lr=1e-3, weight_decay=0.0, batch_size=64, max_epochs=200, patience=20),
+        out / "demo-citer",
+        slm_ref="demo:slm",
+    )
+    # targets: decode the validation questions (task format) with each trained router
+    pair = (slm, llm, tok)
+    data, _ = load_dataset(work / "r2r")
+    _, r2r_val = split_by_response(data, 0.25, 0)
+    prompts = heldout_task_prompts(rows, r2r_val["response"].unique().tolist())
+    r2r_cfg = record_target(
+        out / "demo-r2r", decode_share(pair, "r2r", out / "demo-r2r", prompts), len(prompts)
+    )
+    book = JsonlLog(
+        work / "citer" / f"rollouts-r{citer_opts.rounds - 1}.jsonl", ("sample", "position")
+    )
+    feats = load_file(work / "citer" / "features.safetensors")
+    _, citer_val = split_by_sample(round_labels(feats, book), citer_opts.val_frac, 0)
+    prompts = heldout_task_prompts(rows, citer_val["sample"].unique().tolist())
+    share = decode_share(pair, "citer", out / "demo-citer", prompts)
+    citer_cfg = record_target(out / "demo-citer", share, len(prompts))
+    summary = {
+        "r2r_labels": {
+            k: meta[k]
+            for k in (
+                "finished",
+                "tokens",
+                "mismatches",
+                "mismatch_rate",
+                "divergent",
+                "divergent_rate",
+                "unparseable",
+                "identical_continuations",
+                "rows",
+            )
+        },
+        "r2r": {"threshold": r2r_cfg["threshold"], **r2r_cfg["metrics"]},
+        "citer_labels": citer_cfg["data"],
+        "citer": {"threshold": citer_cfg["threshold"], **citer_cfg["metrics"]},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
