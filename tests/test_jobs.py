@@ -102,6 +102,6 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
         < float(rows["llm-only"]["activated_params"])
     )
     for kind in ("r2r", "citer"):  # each shipped router, and random at the share it reached
-        share = float(rows[f"{kind} (demo ckpt)"]["llm_share"])
-        assert f"random p={round(share, 2):g} (= {kind} (demo ckpt) share)" in rows
+        assert f"{kind} (demo ckpt)" in rows
+        assert any(name.endswith(f"(share-matched to {kind} (demo ckpt))") for name in rows)
     assert (tmp_path / "pareto.png").stat().st_size > 1000
