@@ -13,6 +13,7 @@ the demo pair: 36.6 ms at 3 rows, 17.7 ms at 4), so padding is cheaper than not 
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from torch import Tensor
 from transformers import AttentionInterface
 
 from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, round_up
+
+log = logging.getLogger(__name__)
 
 ATTENTION = "lm_eval_routed_rows"
 
@@ -58,6 +61,16 @@ class HFEngine:
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
+        config = self.base.config
+        window = getattr(config, "sliding_window", None)
+        if window and getattr(config, "use_sliding_window", True):
+            log.warning(
+                "%s uses a %d-token sliding window; routed decoding attends over the whole context, "
+                "so outputs past %d tokens differ from the model's own generate",
+                type(model).__name__,
+                window,
+                window,
+            )
 
     def new_cache(self, batch: int, capacity: int) -> RowKVCache:
         """An empty cache for ``batch`` slots of up to ``capacity`` tokens each."""

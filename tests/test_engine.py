@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -90,3 +92,22 @@ def test_model_attention_is_left_as_found(engine, pair):
 def test_round_up():
     assert [round_up(n, 4) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 4, 4, 4, 8, 8, 12]
     assert round_up(7, 1) == 7
+
+
+def test_sliding_window_models_are_flagged(pair, caplog):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(
+        vocab_size=98,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=16,
+    )
+    with caplog.at_level(logging.WARNING, logger="lm_eval_routed.engine"):
+        HFEngine(pair[1], vocab_size=98)
+        assert "sliding window" not in caplog.text
+        HFEngine(MistralForCausalLM(cfg), vocab_size=98)
+    assert "16-token sliding window" in caplog.text
