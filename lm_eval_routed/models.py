@@ -103,3 +103,14 @@ def check_same_vocab(slm_tok, llm_tok, slm_ref: str, llm_ref: str) -> None:
             f"slm={slm_ref!r} and llm={llm_ref!r} use different vocabularies; "
             "token-level routing needs two models of the same tokenizer"
         )
+
+
+def eos_ids(tokenizer, model) -> set[int]:
+    """Token ids that end a response for this model."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return ids

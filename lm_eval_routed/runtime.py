@@ -22,6 +22,7 @@ from lm_eval_routed.models import (
     ParamCount,
     check_same_vocab,
     count_params,
+    eos_ids,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -142,7 +143,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         tokenizer,
         costs,
         params=(params_slm.total, params_llm.total, router.num_params),
-        eos_ids=_eos_ids(tokenizer, llm),
+        eos_ids=eos_ids(tokenizer, llm),
         llm_min_batch=min_batch,
     )
     return RoutedRuntime(
@@ -160,13 +161,3 @@ def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:
         cfg.cost_router or 0.0,
         source="measured",
     )
-
-
-def _eos_ids(tokenizer, model) -> set[int]:
-    ids = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(i) for i in source)
-    return ids

@@ -27,13 +27,13 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.models import eos_ids
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.citer import CiterNet
 from lm_eval_routed.training.common import (
     JsonlLog,
     batched,
     encode_prompt,
-    eos_ids,
     fingerprint,
     forward_features,
     save_shard,

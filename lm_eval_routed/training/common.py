@@ -21,6 +21,7 @@ from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.models import eos_ids
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +162,6 @@ class _StopAfter(StoppingCriteria):
         tails = input_ids[:, max(self.start, input_ids.shape[1] - self.span) :].tolist()
         done = [any(s in self.tokenizer.decode(t) for s in self.stops) for t in tails]
         return torch.tensor(done, device=input_ids.device)
-
-
-def eos_ids(tokenizer, model) -> set[int]:
-    """Token ids that end a response for this model."""
-    ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(i) for i in source)
-    return ids
 
 
 @torch.inference_mode()
