@@ -26,6 +26,8 @@ from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, round_up
 log = logging.getLogger(__name__)
 
 ATTENTION = "lm_eval_routed_rows"
+# A prepared 4D mask makes Hugging Face skip building its own; ``attend`` masks per row instead.
+_PASS_THROUGH_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)
 
 
 def _rows_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -138,7 +140,3 @@ class HFEngine:
         if pad:
             hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
         return self.head(hidden)[:n, : self.vocab_size].float()
-
-
-# A prepared 4D mask makes Hugging Face skip building its own; ``attend`` masks per row instead.
-_PASS_THROUGH_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)

@@ -50,15 +50,17 @@ def matched_control(router: dict, run) -> dict:
     scores one configuration and returns its summary.
     """
     target = router["accounting"]["llm_share"]
-    p = round(target, 2)
-    for attempt in range(2):
+
+    def at(p: float) -> dict:
         name = f"random p={p:g} (share-matched to {router['label']})"
-        control = run({"router": "random", "p": p, "name": name})
-        realized = control["accounting"]["llm_share"]
-        if attempt or abs(realized - target) <= 0.03 or realized == 0:
-            return control
-        p = round(min(1.0, p * target / realized), 2)
-    raise AssertionError("unreachable")
+        return run({"router": "random", "p": p, "name": name})
+
+    p = round(target, 2)
+    control = at(p)
+    realized = control["accounting"]["llm_share"]
+    if abs(realized - target) <= 0.03 or realized == 0:
+        return control
+    return at(round(min(1.0, p * target / realized), 2))
 
 
 def main(argv: list[str]) -> int:

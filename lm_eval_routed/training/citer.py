@@ -42,10 +42,12 @@ from lm_eval_routed.training.trainer import (
     Batch,
     TrainOptions,
     default_thresholds,
+    fit_metrics,
     pick_threshold,
+    split_groups,
     sweep,
+    sweep_summary,
     train_binary,
-    with_threshold_rule,
 )
 
 log = logging.getLogger(__name__)
@@ -195,13 +197,8 @@ def round_labels(feats: dict, book: JsonlLog) -> Batch:
 
 def split_by_sample(data: Batch, val_frac: float, seed: int) -> tuple[Batch, Batch]:
     """(train, validation) with whole samples on one side."""
-    ids = data["sample"].unique()
-    if len(ids) < 2:
-        raise ConfigError("CITER training needs at least two samples (one for validation)")
-    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
-    n_val = min(max(1, round(val_frac * len(ids))), len(ids) - 1)
-    is_val = torch.isin(data["sample"], order[:n_val])
-    return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
+    too_few = "CITER training needs at least two samples (one for validation)"
+    return split_groups(data, "sample", val_frac, seed, too_few)
 
 
 def _score(net: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -229,7 +226,6 @@ def train_round(
         conf = torch.sigmoid(_score(net, val))
     points = sweep(conf, val["label"] < 0.5, default_thresholds(), route_below=True)
     chosen, rule = pick_threshold(points, opts.min_recall)
-    point = with_threshold_rule(chosen)
     config = {
         "kind": "citer",
         "hidden_size": hidden_size,
@@ -239,17 +235,10 @@ def train_round(
         **extra,
         "training": asdict(train_opts),
         "metrics": {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "val_loss": round(result.best_val_loss, 5),
-            "val_llm_rate": point.llm_rate,
-            "val_recall": point.recall,
-            "val_precision": point.precision,
-            "train_rows": len(train["label"]),
-            "val_rows": len(val["label"]),
+            **fit_metrics(result, chosen, train, val),
             "label_slm_share": round(float(data["label"].mean()), 4),
         },
-        "sweep": [asdict(with_threshold_rule(p)) for p in points[4::5]],
+        "sweep": sweep_summary(points),
     }
     checkpoint.save(out, net, config)
     (out / "train_state.pt").unlink(missing_ok=True)

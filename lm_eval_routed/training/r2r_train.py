@@ -24,10 +24,12 @@ from lm_eval_routed.training.trainer import (
     Batch,
     TrainOptions,
     default_thresholds,
+    fit_metrics,
     pick_threshold,
+    split_groups,
     sweep,
+    sweep_summary,
     train_binary,
-    with_threshold_rule,
 )
 
 log = logging.getLogger(__name__)
@@ -58,15 +60,8 @@ def load_dataset(folder: Path) -> tuple[Batch, dict]:
 
 def split_by_response(data: Batch, val_frac: float, seed: int) -> tuple[Batch, Batch]:
     """(train, validation): whole responses go to one side, ``val_frac`` of them to validation."""
-    ids = data["response"].unique()
-    if len(ids) < 2:
-        raise ConfigError(
-            "the dataset holds one response; label more queries to get a validation split"
-        )
-    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
-    n_val = min(max(1, round(val_frac * len(ids))), len(ids) - 1)
-    is_val = torch.isin(data["response"], order[:n_val])
-    return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
+    too_few = "the dataset holds one response; label more queries to get a validation split"
+    return split_groups(data, "response", val_frac, seed, too_few)
 
 
 def frozen_embedding(slm) -> nn.Embedding:
@@ -130,24 +125,12 @@ def train_r2r(
         "data_fingerprint": meta["fingerprint"],
         "data": {k: meta[k] for k in ("rows", "tokens", "mismatch_rate", "divergent_rate")},
         "training": {**asdict(opts), "pos_weight": pos_weight, "val_frac": val_frac},
-        "metrics": _metrics(result, chosen, train, val),
-        "sweep": [asdict(with_threshold_rule(p)) for p in points[4::5]],
+        "metrics": {
+            **fit_metrics(result, chosen, train, val),
+            "val_divergent": int(val["label"].sum()),
+        },
+        "sweep": sweep_summary(points),
     }
     checkpoint.save(out, net, config)
     state_file.unlink(missing_ok=True)  # finished: the folder ships weights and config only
     return config
-
-
-def _metrics(result, chosen, train: Batch, val: Batch) -> dict:
-    point = with_threshold_rule(chosen)
-    return {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "val_loss": round(result.best_val_loss, 5),
-        "val_llm_rate": point.llm_rate,
-        "val_recall": point.recall,
-        "val_precision": point.precision,
-        "train_rows": len(train["label"]),
-        "val_rows": len(val["label"]),
-        "val_divergent": int(val["label"].sum()),
-    }

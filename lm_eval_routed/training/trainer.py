@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from lm_eval_routed.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,20 @@ class TrainResult:
     best_val_loss: float
     epochs_run: int
     history: tuple[tuple[float, float], ...]  # (train loss, validation loss) per epoch
+
+
+def split_groups(
+    data: Batch, column: str, val_frac: float, seed: int, too_few: str
+) -> tuple[Batch, Batch]:
+    """(train, validation): rows sharing a ``column`` value go to one side, ``val_frac`` of groups to
+    validation; ``too_few`` is the error when there is a single group."""
+    ids = data[column].unique()
+    if len(ids) < 2:
+        raise ConfigError(too_few)
+    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
+    n_val = min(max(1, round(val_frac * len(ids))), len(ids) - 1)
+    is_val = torch.isin(data[column], order[:n_val])
+    return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
 
 
 def _take(data: Batch, idx: Tensor) -> Batch:
@@ -203,3 +219,23 @@ def with_threshold_rule(point: SweepPoint, ndigits: int = 4) -> SweepPoint:
         recall=round(point.recall, ndigits),
         precision=round(point.precision, ndigits),
     )
+
+
+def fit_metrics(result: TrainResult, chosen: SweepPoint, train: Batch, val: Batch) -> dict:
+    """The validation figures a checkpoint config records about its training and threshold."""
+    point = with_threshold_rule(chosen)
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "val_loss": round(result.best_val_loss, 5),
+        "val_llm_rate": point.llm_rate,
+        "val_recall": point.recall,
+        "val_precision": point.precision,
+        "train_rows": len(train["label"]),
+        "val_rows": len(val["label"]),
+    }
+
+
+def sweep_summary(points: list[SweepPoint]) -> list[dict]:
+    """Every fifth sweep point (0.05, 0.10, ...), rounded, for a config file."""
+    return [asdict(with_threshold_rule(p)) for p in points[4::5]]
