@@ -39,6 +39,7 @@ class RoutedConfig:
     max_length: int | None = None  # prompt + generation budget; default: the LLM's context size
     max_gen_toks: int = 256
     llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = half the rows in flight
+    guess_ahead: int = 0  # per-token, greedy: tokens a routed row decodes on the SLM's guess
     schedule: str = (
         "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
     )
@@ -63,6 +64,10 @@ class RoutedConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be a positive integer")
         if self.llm_min_batch < 0:
             raise ConfigError("llm_min_batch must be >= 0 (0 picks it from the rows in flight)")
+        if self.guess_ahead < 0:
+            raise ConfigError(
+                "guess_ahead must be >= 0 (0: a routed row waits for the LLM at once)"
+            )
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"

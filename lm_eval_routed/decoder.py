@@ -9,90 +9,41 @@ One loop serves every policy. Each iteration:
 Stitch mode (R-Stitch) differs only in that a row stays waiting while the router lets the LLM keep
 control; speculative mode drafts ``gamma`` SLM tokens before waiting and the LLM verifies them.
 Finished rows hand their slot to the next request (continuous batching).
+
+Guessing ahead (per-token mode, greedy rows, ``guess_ahead`` > 0): a routed row does not wait at once.
+It keeps the SLM's token as a guess and goes on decoding up to ``guess_ahead`` tokens, so the SLM step
+it would have sat out is not wasted; when the LLM runs, it checks every guess, the row keeps its tokens
+up to the first guess the LLM disagrees with, takes the LLM's token there and drops the rest (the
+router's generator is put back to where it stood at that position). The committed text is the one
+the row would have written waiting, so outputs still do not depend on the schedule. Guessing pays only
+when guesses are often right, so a run stops guessing while fewer than ``GUESS_BREAK_EVEN`` of the
+guesses checked so far (and of the SLM tokens that waiting rows dropped) matched the LLM.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import CostModel, SampleRecord, SampleTally
+from lm_eval_routed.accounting import CostModel
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.routers.base import Router, StepView
+from lm_eval_routed.rows import GenRequest, GenResult, Row, seeded_generator
 from lm_eval_routed.sampling import draw, filtered_probs
 
 log = logging.getLogger(__name__)
 
+# Below this share of right guesses, rolled-back SLM steps and the LLM tokens spent checking them cost
+# more than the waits they save (break-even near 0.4 in a simulation on the demo pair's measured
+# forward costs at batch 8; docs/performance.md).
+GUESS_BREAK_EVEN = 0.4
 
-@dataclass(frozen=True)
-class GenRequest:
-    """One sample to generate: prompt token ids plus its own generation settings."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    stop: tuple[str, ...] = ()
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0  # per-sample: sampling and random routing never depend on the batch
-    key: dict = field(default_factory=dict)  # accounting key (task, doc_id, repeat, prompt_hash)
-
-
-@dataclass(frozen=True)
-class GenResult:
-    """Generated text (cut at the first stop string), its tokens, why it ended, and its accounting."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "eos", "stop" or "length"
-    record: SampleRecord
-
-
-@dataclass
-class Row:
-    """Decoding state of one sample occupying one cache slot."""
-
-    index: int
-    req: GenRequest
-    slot: int
-    seq: list[int]  # prompt + committed tokens
-    n_prompt: int
-    sample_gen: torch.Generator
-    route_gen: torch.Generator
-    slm_len: int = 0  # tokens held in the SLM cache
-    llm_len: int = 0  # tokens held in the LLM cache
-    waiting: bool = False  # the next position (or the drafts) waits for the LLM
-    gamma: int = 0  # speculative: this row's current draft length (adapts to its acceptance)
-    drafts: list[int] = field(default_factory=list)  # speculative: unverified SLM tokens
-    draft_probs: list[Tensor] = field(default_factory=list)
-    finish: str | None = None
-    tally: SampleTally = field(default_factory=SampleTally)
-
-    def unseen(self, held: int) -> list[int]:
-        """Committed tokens and drafts after the first ``held`` (what a model has not processed).
-
-        Sliced without building ``seq + drafts``: rows run to thousands of tokens, and this is
-        called for every row at every step.
-        """
-        if held <= len(self.seq):
-            return self.seq[held:] + self.drafts
-        return self.drafts[held - len(self.seq) :]
-
-    @property
-    def generated(self) -> int:
-        return len(self.seq) - self.n_prompt
-
-
-def _seeded(seed: int, salt: str, device: torch.device) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+__all__ = ["GenRequest", "GenResult", "MixedDecoder"]  # requests and results live in rows.py
 
 
 class MixedDecoder:
@@ -108,6 +59,7 @@ class MixedDecoder:
         params: tuple[int, int, int],
         eos_ids: set[int],
         llm_min_batch: int = 0,
+        guess_ahead: int = 0,
     ) -> None:
         self.slm, self.llm, self.router = slm, llm, router
         self.tokenizer = tokenizer
@@ -115,6 +67,8 @@ class MixedDecoder:
         self.params = params  # (P_slm, P_llm, P_router) charged per token
         self.eos_ids = eos_ids
         self.llm_min_batch = llm_min_batch
+        self.guess_ahead = guess_ahead if router.mode == "token" else 0
+        self.guess_record = [0, 0]  # guesses right, guesses checked (this generate call)
         self.gamma = getattr(router, "gamma", 0)
         # Policies that never look at the SLM (constant, random) decide before it runs.
         self.blind = router.mode == "token" and router.pre_route([]) is not None
@@ -143,6 +97,7 @@ class MixedDecoder:
             "slm": self.slm.new_cache(slots, capacity),
             "llm": self.llm.new_cache(slots, capacity),
         }
+        self.guess_record = [0, 0]
         queue = deque(enumerate(requests))
         free = list(range(slots - 1, -1, -1))
         active: list[Row] = []
@@ -167,8 +122,8 @@ class MixedDecoder:
             slot=slot,
             seq=list(req.prompt_ids),
             n_prompt=len(req.prompt_ids),
-            sample_gen=_seeded(req.seed, "sample", device),
-            route_gen=_seeded(req.seed, "route", "cpu"),
+            sample_gen=seeded_generator(req.seed, "sample", device),
+            route_gen=seeded_generator(req.seed, "route", "cpu"),
             gamma=self.gamma,
         )
         row.waiting = self.router.mode == "speculative" and self._draft_budget(row) == 0
@@ -176,15 +131,18 @@ class MixedDecoder:
 
     def _step(self, active: list[Row], caches: dict) -> None:
         drafting = [r for r in active if not r.waiting]
+        routed = None
         if self.blind:
-            drafting = self._pre_route(drafting)
+            drafting, routed = self._pre_route(drafting)
         if drafting:
-            self._slm_forward(drafting, caches["slm"])
+            self._slm_forward(drafting, caches["slm"], routed)
         waiting = [r for r in active if r.waiting and not r.finish]
         if not waiting:
             return
         if self._llm_due(waiting, sum(1 for r in active if not r.finish)):
-            self._llm_step(waiting, caches["llm"])
+            # rows still guessing ride along: the forward costs little more with them
+            riders = [r for r in active if r.guesses and not r.waiting and not r.finish]
+            self._llm_step(waiting + riders, caches["llm"])
 
     def _llm_due(self, waiting: list[Row], unfinished: int) -> bool:
         """Whether the LLM runs now over the waiting rows (pause-and-batch scheduling).
@@ -197,18 +155,36 @@ class MixedDecoder:
         min_batch = self.llm_min_batch or max(1, (unfinished + 1) // 2)
         return len(waiting) >= min_batch or len(waiting) == unfinished
 
-    def _pre_route(self, rows: list[Row]) -> list[Row]:
-        """Blind policies decide first; rows they send to the LLM skip this SLM step."""
+    def _pre_route(self, rows: list[Row]) -> tuple[list[Row], list[bool]]:
+        """Blind policies decide first; rows they send to the LLM skip this SLM step unless they
+        guess ahead. Returns the rows that step and whether each one's position is routed."""
         decided = self.router.pre_route([r.route_gen for r in rows]).tolist()
+        stepping, routed = [], []
         for row, to_llm in zip(rows, decided):
-            row.waiting = to_llm
             row.tally.router_calls += 1
             row.tally.modeled_latency_s += self.costs.router
-        return [r for r in rows if not r.waiting]
+            if to_llm and not self._guesses(row):
+                row.waiting = True
+            else:
+                stepping.append(row)
+                routed.append(to_llm)
+        return stepping, routed
+
+    def _guesses(self, row: Row) -> bool:
+        # Sampled rows wait: a sampled LLM token seldom equals the SLM's, and checking would need
+        # the LLM's draw taken out of order from the row's generator.
+        if self.guess_ahead == 0 or row.req.do_sample:
+            return False
+        right, checked = self.guess_record
+        return (right + 2) / (checked + 4) >= GUESS_BREAK_EVEN  # starts from a prior of 1/2
+
+    def _score_guess(self, right: bool) -> None:
+        self.guess_record[0] += right
+        self.guess_record[1] += 1
 
     # -- the two models' steps -----------------------------------------------------------------
 
-    def _slm_forward(self, rows: list[Row], cache) -> None:
+    def _slm_forward(self, rows: list[Row], cache, routed: list[bool] | None) -> None:
         start = time.perf_counter()
         out, fed = self._forward("slm", rows, cache, all_logits=False)
         tokens, probs = self._choose(out.logits, rows)
@@ -219,36 +195,62 @@ class MixedDecoder:
                 row.waiting = len(row.drafts) >= self._draft_budget(row) or token in self.eos_ids
             self._charge(rows, fed, time.perf_counter() - start)
             return
-        if self.blind:  # decided before this forward
-            for row, token in zip(rows, tokens):
-                self._commit(row, token, "slm")
-            self._charge(rows, fed, time.perf_counter() - start)
-            return
-        gens = [r.route_gen for r in rows]
-        to_llm = self.router.route(
-            StepView(out.logits, out.hidden, torch.tensor(tokens), gens)
-        ).tolist()
-        for row, token, routed in zip(rows, tokens, to_llm):
-            row.tally.router_calls += 1
-            row.tally.modeled_latency_s += self.costs.router
-            if routed:
+        if routed is None:  # the router looks at this forward
+            gens = [r.route_gen for r in rows]
+            routed = self.router.route(
+                StepView(out.logits, out.hidden, torch.tensor(tokens), gens)
+            ).tolist()
+            for row in rows:
+                row.tally.router_calls += 1
+                row.tally.modeled_latency_s += self.costs.router
+        for row, token, to_llm in zip(rows, tokens, routed):
+            if to_llm and not self._guesses(row):
                 row.waiting = True
+                if self.guess_ahead and not row.req.do_sample:
+                    row.passed = token
+            elif to_llm or row.drafts:
+                self._guess(row, token, to_llm)
             else:
                 self._commit(row, token, "slm")
         self._charge(rows, fed, time.perf_counter() - start)
 
+    def _guess(self, row: Row, token: int, routed: bool) -> None:
+        """Hold ``token`` unverified; the row waits once its guesses reach ``guess_ahead`` tokens."""
+        if routed:
+            row.guesses.append(len(row.drafts))
+            row.route_states.append(row.route_gen.get_state())
+        row.drafts.append(token)
+        row.waiting = (
+            len(row.drafts) >= self.guess_ahead
+            or token in self.eos_ids  # a row only finishes on checked tokens
+            or row.generated + len(row.drafts) >= row.req.max_new_tokens
+        )
+
     def _llm_step(self, rows: list[Row], cache) -> None:
         start = time.perf_counter()
         verify = self.router.mode == "speculative"
-        out, fed = self._forward("llm", rows, cache, all_logits=verify)
+        at = None
+        if any(r.guesses for r in rows):  # logits at each guess, or at the next position
+            at = [
+                [len(r.seq) + g - 1 - r.llm_len for g in r.guesses] or [len(r.seq) - 1 - r.llm_len]
+                for r in rows
+            ]
+        out, fed = self._forward("llm", rows, cache, all_logits=verify, at=at)
         if verify:
             for i, row in enumerate(rows):
                 self._verify(row, out.logits[i, : fed[i]])  # drop this row's padding
             self._charge(rows, fed, time.perf_counter() - start)
             return
-        tokens, _ = self._choose(out.logits, rows)
-        for row, token in zip(rows, tokens):
+        logits = out.logits if at is None else out.logits[:, 0]
+        tokens, _ = self._choose(logits, rows)
+        for i, (row, token) in enumerate(zip(rows, tokens)):
+            if row.guesses:
+                self._settle(row, out.logits[i, : len(row.guesses)].argmax(-1).tolist())
+                continue
             row.tally.llm_scored_positions += 1
+            if row.passed is not None:
+                self._score_guess(row.passed == token)
+                row.passed = None
             self._commit(row, token, "llm")
             row.waiting = False
         if self.router.mode == "stitch":
@@ -260,11 +262,11 @@ class MixedDecoder:
                 row.waiting = stay and row.finish is None
         self._charge(rows, fed, time.perf_counter() - start)
 
-    def _forward(self, model: str, rows: list[Row], cache, all_logits: bool) -> tuple:
+    def _forward(self, model: str, rows: list[Row], cache, all_logits: bool, at=None) -> tuple:
         engine = self.slm if model == "slm" else self.llm
         held = [r.slm_len if model == "slm" else r.llm_len for r in rows]
         new = [r.unseen(n) for r, n in zip(rows, held)]
-        out = engine.forward(cache, [r.slot for r in rows], held, new, all_logits=all_logits)
+        out = engine.forward(cache, [r.slot for r in rows], held, new, all_logits=all_logits, at=at)
         for row, tokens in zip(rows, new):
             if model == "slm":
                 row.slm_len += len(tokens)
@@ -315,6 +317,32 @@ class MixedDecoder:
         row.llm_len = min(row.llm_len, len(row.seq) - 1)
         row.slm_len = min(row.slm_len, len(row.seq) - 1)
         row.waiting = row.finish is None and self._draft_budget(row) == 0
+
+    def _settle(self, row: Row, llm_tokens: list[int]) -> None:
+        """Commit a guessing row's drafts up to the first guess the LLM disagrees with, then the
+        LLM's token there; what came after it is dropped and will be decoded again."""
+        drafts, guesses, states = row.drafts, row.guesses, row.route_states
+        row.drafts, row.guesses, row.route_states, row.waiting = [], [], [], False
+        keep, fix = len(drafts), None
+        for g, want, state in zip(guesses, llm_tokens, states):
+            row.tally.llm_scored_positions += 1
+            self._score_guess(drafts[g] == want)
+            if drafts[g] != want:
+                keep, fix = g, want
+                row.route_gen.set_state(state)  # as it stood right after routing this position
+                break
+        routed = set(guesses)
+        for i, token in enumerate(drafts[:keep]):
+            self._commit(row, token, "llm" if i in routed else "slm")
+            if row.finish:
+                return
+        if fix is not None:
+            self._commit(row, fix, "llm")
+        # After a wrong guess both caches hold it at the last position: it gets overwritten. After
+        # none, the LLM has fed the last token without keeping its logits: it is fed again when the
+        # LLM next predicts this row, since the position after it may be routed.
+        row.llm_len = min(row.llm_len, len(row.seq) - 1)
+        row.slm_len = min(row.slm_len, len(row.seq) - 1)
 
     def _accept(self, row: Row, scored: Tensor) -> tuple[int, int]:
         if not row.req.do_sample:

@@ -98,8 +98,13 @@ class HFEngine:
         lengths: list[int],
         tokens: list[list[int]],
         all_logits: bool = False,
+        at: list[list[int]] | None = None,
     ) -> ForwardOut:
-        """Run ``tokens[i]`` for slot ``rows[i]`` whose cache holds ``lengths[i]`` tokens."""
+        """Run ``tokens[i]`` for slot ``rows[i]`` whose cache holds ``lengths[i]`` tokens.
+
+        Logits come at each row's last new token, at every new token (``all_logits``), or at the
+        new-token indices ``at[i]`` (then ``(b, max_i len(at[i]), V)``, zero-padded).
+        """
         order = sorted(range(len(rows)), key=rows.__getitem__)  # packed in slot order
         plan = cache.prepare(
             [rows[i] for i in order],
@@ -124,6 +129,15 @@ class HFEngine:
         for i, span in zip(order, plan.spans):
             spans[i] = span  # back to the caller's order
         last = hidden[torch.tensor([s.offset + s.new - 1 for s in spans], device=self.device)]
+        if at is not None:
+            picked = [s.offset + j for s, js in zip(spans, at) for j in js]
+            flat = self._logits(hidden[torch.tensor(picked, device=self.device)])
+            logits = flat.new_zeros(len(rows), max(map(len, at)), flat.shape[-1])
+            k = 0
+            for i, js in enumerate(at):
+                logits[i, : len(js)] = flat[k : k + len(js)]
+                k += len(js)
+            return ForwardOut(logits=logits, hidden=last)
         if not all_logits:
             return ForwardOut(logits=self._logits(last), hidden=last)
         every = self._logits(hidden)  # (S, V)

@@ -84,6 +84,7 @@ class RoutedRuntime:
                 "device": str(self.device),
                 "batch_size": self.cfg.batch_size,
                 "llm_min_batch": self.cfg.llm_min_batch,
+                "guess_ahead": self.cfg.guess_ahead,
                 "schedule": self.cfg.schedule,
                 "seed": self.cfg.seed,
                 "params_slm": self.params_slm.total,
@@ -145,6 +146,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         params=(params_slm.total, params_llm.total, router.num_params),
         eos_ids=eos_ids(tokenizer, llm),
         llm_min_batch=min_batch,
+        guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
     )
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm

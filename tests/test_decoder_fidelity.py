@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lm_eval_routed import decoder
+from lm_eval_routed.config import load_config
 from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.runtime import build_runtime
 
 PROMPTS = [
     "The cat sat",
@@ -115,3 +118,63 @@ def test_speculative_sampling_runs_and_counts(make_runtime, tokenizer):
     for r in res:
         assert r.record.tokens == len(r.token_ids) <= N_NEW
         assert r.record.tokens_slm + r.record.tokens_llm == r.record.tokens
+
+
+@pytest.mark.parametrize(
+    "router,extra", [("random", {"p": "0.25"}), ("entropy-token", {"threshold": "4.4"})]
+)
+def test_guessing_ahead_does_not_change_outputs(
+    make_runtime, tokenizer, router, extra, monkeypatch
+):
+    # the tiny pair disagrees on most tokens, so most guesses are dropped and decoded again; guess
+    # on regardless of how often that happens, to roll back as often as possible
+    monkeypatch.setattr(decoder, "GUESS_BREAK_EVEN", 0.0)
+    base = make_runtime(router=router, batch_size=1, guess_ahead="0", **extra)
+    want = base.generate(requests(tokenizer))
+    for ahead, batch in ((1, 8), (3, 8), (8, 8), (4, 1)):
+        rt = make_runtime(router=router, batch_size=batch, guess_ahead=str(ahead), **extra)
+        got = rt.generate(requests(tokenizer))
+        assert [r.token_ids for r in got] == [r.token_ids for r in want]
+        assert [r.record.llm_positions for r in got] == [r.record.llm_positions for r in want]
+
+
+def test_right_guesses_save_llm_calls(pair, tokenizer):
+    # with the LLM as its own SLM every guess is right: rows never roll back
+    cfg = {"router": "random", "p": "0.3", "cost_slm": "0:0", "cost_llm": "0:0"}
+    llm = pair[1]
+
+    def run(ahead: str):
+        rt = build_runtime(load_config({**cfg, "guess_ahead": ahead}), llm, llm, tokenizer)
+        return rt.generate(requests(tokenizer))
+
+    waited, guessed = run("0"), run("6")
+    assert [r.token_ids for r in guessed] == [r.token_ids for r in waited]
+    assert sum(r.record.llm_calls for r in guessed) < sum(r.record.llm_calls for r in waited)
+    # nothing is fed twice when no guess is dropped
+    for r, req in zip(guessed, requests(tokenizer)):
+        assert r.record.slm_forward_tokens <= len(req.prompt_ids) + r.record.tokens
+
+
+def test_sampled_rows_wait_instead_of_guessing(make_runtime, tokenizer):
+    kw = {"do_sample": True, "temperature": 0.8}
+    runs = [
+        make_runtime(router="random", p="0.3", batch_size=8, guess_ahead=a).generate(
+            requests(tokenizer, **kw)
+        )
+        for a in ("0", "4")
+    ]
+    assert [r.token_ids for r in runs[0]] == [r.token_ids for r in runs[1]]
+    assert [r.record.slm_calls for r in runs[0]] == [r.record.slm_calls for r in runs[1]]
+
+
+def test_wrong_guesses_turn_guessing_off(make_runtime, tokenizer, monkeypatch):
+    def slm_tokens():
+        rt = make_runtime(router="random", p="0.3", batch_size=8, guess_ahead="4")
+        return sum(r.record.slm_forward_tokens for r in rt.generate(requests(tokenizer)))
+
+    always = None
+    with monkeypatch.context() as m:
+        m.setattr(decoder, "GUESS_BREAK_EVEN", 0.0)
+        always = slm_tokens()
+    # the tiny pair's guesses are nearly all wrong: the run soon stops making them
+    assert slm_tokens() < 0.8 * always
