@@ -163,11 +163,22 @@ def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assista
 
 
 def decoding_cases(batch: int) -> list[tuple[str, dict]]:
-    """The routed runs of one batch size: random shares, stitching, speculative, lockstep."""
+    """The routed runs of one batch size: random shares, entropy, guessing ahead, speculative
+    (batch 1), lockstep (batch > 1)."""
     cases = [
         (f"random r={r}", {"router": "random", "p": str(r)}) for r in (0.0, 0.05, 0.15, 0.3, 1.0)
     ]
     cases += [(f"entropy t={t}", {"router": "entropy", "threshold": str(t)}) for t in (0.1, 0.3)]
+    # the same guessing ahead (guess_ahead=4): routed rows go on with the SLM's token until checked
+    cases += [
+        (f"guess r={r}", {"router": "random", "p": str(r), "guess_ahead": "4"}) for r in (0.15, 0.3)
+    ]
+    # a per-token router that looks at the SLM: it routes uncertain positions, where guesses fail more
+    tok = {"router": "entropy-token", "threshold": "1.5"}
+    cases += [
+        ("entropy-token t=1.5", tok),
+        ("guess entropy-token t=1.5", tok | {"guess_ahead": "4"}),
+    ]
     if batch == 1:
         cases.append(("speculative", {"router": "speculative"}))
     else:
