@@ -6,6 +6,7 @@ Prints ratios, not absolute times (shared machines make absolute times noise):
                          copies, padding waste, re-prefill);
   * routed / LLM-only -- throughput against plain ``generate`` of the LLM at the same batch size;
   * LLM forwards per 100 generated tokens, for the pause-and-batch schedule and for lockstep;
+  * guesses right -- with ``guess_ahead``, the share of checked guesses the LLM agreed with;
   * speculative vs transformers' assisted generation; routed llm-only vs lm-eval's ``hf`` (docs/s).
 
     python scripts/bench_decoder.py                 # demo pair, CPU fp32
@@ -124,7 +125,9 @@ def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int) -> dict:
     wall = time.perf_counter() - start
     n_tokens = sum(r.record.tokens for r in results)
     llm_forwards = sum(1 for model, _ in rt.decoder.trace if model == "llm")
+    right, checked = rt.decoder.guess_record
     return {
+        "guesses_right": right / checked if checked else None,
         "wall_s": wall,
         "tokens": n_tokens,
         "trace": rt.decoder.trace,
@@ -220,6 +223,8 @@ def bench_decoding(rt_for, args) -> dict:
                     "speedup_vs_llm_generate": llm_s / run["wall_s"],
                     "llm_forwards_per_100_tokens": run["llm_forwards_per_100"],
                 }
+                if run["guesses_right"] is not None:
+                    figures["guesses_right"] = run["guesses_right"]
                 if name == "speculative":
                     assisted = run_plain(base.llm, base, batch, args.tokens, n, assistant=base.slm)
                     figures["ratio_vs_assisted_generation"] = run["wall_s"] / assisted
@@ -234,7 +239,8 @@ def bench_decoding(rt_for, args) -> dict:
 
 def _medians(samples: list[dict]) -> dict:
     """Median of every figure over repeats, and the spread of the two ratios users read."""
-    out = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    keys = {k for s in samples for k in s}
+    out = {k: statistics.median(s[k] for s in samples if k in s) for k in sorted(keys)}
     for key in ("ratio_vs_ideal", "speedup_vs_llm_generate"):
         if key in samples[0] and len(samples) > 1:
             out[f"{key}_range"] = [min(s[key] for s in samples), max(s[key] for s in samples)]
@@ -249,6 +255,7 @@ def format_row(row: dict) -> str:
         ("speedup_vs_llm_generate", "vs LLM gen"),
         ("llm_forwards_per_100_tokens", "LLM fwd/100tok"),
         ("ratio_vs_assisted_generation", "vs assisted"),
+        ("guesses_right", "guesses right"),
     ):
         if key in row:
             parts.append(f"{label} {row[key]:.2f}")
