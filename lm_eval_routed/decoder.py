@@ -170,10 +170,14 @@ class MixedDecoder:
                 routed.append(to_llm)
         return stepping, routed
 
-    def _guesses(self, row: Row) -> bool:
+    def _can_guess(self, row: Row) -> bool:
         # Sampled rows wait: a sampled LLM token seldom equals the SLM's, and checking would need
         # the LLM's draw taken out of order from the row's generator.
-        if self.guess_ahead == 0 or row.req.do_sample:
+        return self.guess_ahead > 0 and not row.req.do_sample
+
+    def _guesses(self, row: Row) -> bool:
+        """Whether ``row`` guesses at a routed position now: it may, and guessing has paid so far."""
+        if not self._can_guess(row):
             return False
         right, checked = self.guess_record
         return (right + 2) / (checked + 4) >= GUESS_BREAK_EVEN  # starts from a prior of 1/2
@@ -186,7 +190,7 @@ class MixedDecoder:
 
     def _slm_forward(self, rows: list[Row], cache, routed: list[bool] | None) -> None:
         start = time.perf_counter()
-        out, fed = self._forward("slm", rows, cache, all_logits=False)
+        out, fed = self._forward("slm", rows, cache)
         tokens, probs = self._choose(out.logits, rows)
         if self.router.mode == "speculative":
             for row, token, prob in zip(rows, tokens, probs):
@@ -206,7 +210,7 @@ class MixedDecoder:
         for row, token, to_llm in zip(rows, tokens, routed):
             if to_llm and not self._guesses(row):
                 row.waiting = True
-                if self.guess_ahead and not row.req.do_sample:
+                if self._can_guess(row):
                     row.passed = token
             elif to_llm or row.drafts:
                 self._guess(row, token, to_llm)
@@ -262,7 +266,9 @@ class MixedDecoder:
                 row.waiting = stay and row.finish is None
         self._charge(rows, fed, time.perf_counter() - start)
 
-    def _forward(self, model: str, rows: list[Row], cache, all_logits: bool, at=None) -> tuple:
+    def _forward(
+        self, model: str, rows: list[Row], cache, all_logits: bool = False, at=None
+    ) -> tuple:
         engine = self.slm if model == "slm" else self.llm
         held = [r.slm_len if model == "slm" else r.llm_len for r in rows]
         new = [r.unseen(n) for r, n in zip(rows, held)]

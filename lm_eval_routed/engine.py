@@ -129,22 +129,17 @@ class HFEngine:
         for i, span in zip(order, plan.spans):
             spans[i] = span  # back to the caller's order
         last = hidden[torch.tensor([s.offset + s.new - 1 for s in spans], device=self.device)]
-        if at is not None:
-            picked = [s.offset + j for s, js in zip(spans, at) for j in js]
-            flat = self._logits(hidden[torch.tensor(picked, device=self.device)])
-            logits = flat.new_zeros(len(rows), max(map(len, at)), flat.shape[-1])
-            k = 0
-            for i, js in enumerate(at):
-                logits[i, : len(js)] = flat[k : k + len(js)]
-                k += len(js)
-            return ForwardOut(logits=logits, hidden=last)
-        if not all_logits:
+        if all_logits:
+            at = [list(range(s.new)) for s in spans]
+        if at is None:
             return ForwardOut(logits=self._logits(last), hidden=last)
-        every = self._logits(hidden)  # (S, V)
-        q = max(s.new for s in spans)
-        logits = every.new_zeros(len(rows), q, every.shape[-1])
-        for i, s in enumerate(spans):
-            logits[i, : s.new] = every[s.offset : s.offset + s.new]
+        picked = [s.offset + j for s, js in zip(spans, at) for j in js]
+        flat = self._logits(hidden[torch.tensor(picked, device=self.device)])
+        logits = flat.new_zeros(len(rows), max(map(len, at)), flat.shape[-1])
+        k = 0
+        for i, js in enumerate(at):
+            logits[i, : len(js)] = flat[k : k + len(js)]
+            k += len(js)
         return ForwardOut(logits=logits, hidden=last)
 
     def _logits(self, hidden: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from lm_eval_routed import demo_pair  # noqa: E402
 from lm_eval_routed.config import load_config  # noqa: E402
 from lm_eval_routed.decoder import GenRequest  # noqa: E402
+from lm_eval_routed.routers import checkpoint  # noqa: E402
 from lm_eval_routed.runtime import build_runtime  # noqa: E402
 from lm_eval_routed.training.citer import (  # noqa: E402
     CiterOptions,
@@ -188,7 +189,7 @@ def record_target(ckpt: Path, share: float, n_prompts: int) -> dict:
         "mean per-sample LLM share when decoding the validation questions' task-format prompts "
         "(until newline, 8 tokens, greedy): the share a routed_demo run should land near"
     )
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    checkpoint.write_config(ckpt, config)
     return config
 
 

@@ -78,6 +78,11 @@ def save(folder: Path, module: torch.nn.Module, config: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, folder / "model.safetensors")
+    write_config(folder, config)
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> None:
+    """Write a checkpoint's ``config.json`` (sorted keys, so rebuilt checkpoints compare byte for byte)."""
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
