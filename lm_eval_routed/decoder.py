@@ -34,7 +34,7 @@ from lm_eval_routed.accounting import CostModel
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.routers.base import Router, StepView
 from lm_eval_routed.rows import GenRequest, GenResult, Row, seeded_generator
-from lm_eval_routed.sampling import draw, filtered_probs
+from lm_eval_routed.sampling import accept_drafts, draw, filtered_probs
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,9 @@ class MixedDecoder:
         k = len(row.drafts)
         scored = logits[-(k + 1) :]  # (k + 1, V): the LLM's view of each draft slot and one more
         row.tally.llm_scored_positions += k + 1
-        accepted, bonus = self._accept(row, scored)
+        accepted, bonus = accept_drafts(
+            row.drafts, row.draft_probs, scored, row.req, row.sample_gen
+        )
         # transformers' "heuristic" schedule: draft more after a clean sweep, fewer after a miss
         row.gamma = row.gamma + 2 if accepted == k else max(1, row.gamma - 1)
         drafts, row.drafts, row.draft_probs = row.drafts, [], []
@@ -349,23 +351,6 @@ class MixedDecoder:
         # LLM next predicts this row, since the position after it may be routed.
         row.llm_len = min(row.llm_len, len(row.seq) - 1)
         row.slm_len = min(row.slm_len, len(row.seq) - 1)
-
-    def _accept(self, row: Row, scored: Tensor) -> tuple[int, int]:
-        if not row.req.do_sample:
-            target = scored.argmax(-1).tolist()
-            n = 0
-            while n < len(row.drafts) and row.drafts[n] == target[n]:
-                n += 1
-            return n, target[n]
-        # Speculative sampling (Leviathan et al. 2023): accept d with prob min(1, p(d)/q(d)),
-        # else resample from norm(max(0, p - q)); the result is distributed as the LLM samples.
-        p = filtered_probs(scored, row.req.temperature, row.req.top_p)
-        for n, (token, q) in enumerate(zip(row.drafts, row.draft_probs)):
-            u = torch.rand((), generator=row.sample_gen, device=p.device)
-            if u * q[token] > p[n, token]:
-                residual = (p[n] - q).clamp_min(0)
-                return n, draw(residual / residual.sum(), row.sample_gen)
-        return len(row.drafts), draw(p[-1], row.sample_gen)
 
     def _draft_budget(self, row: Row) -> int:
         """Drafts a row may still make: gamma, less the room the LLM's own token needs."""

@@ -1,9 +1,12 @@
-"""Choosing a token from logits: greedy, or temperature / top-p sampling from a row's own generator."""
+"""Choosing a token from logits: greedy, or temperature / top-p sampling from a row's own generator,
+and accepting speculative drafts so the result is distributed as the LLM samples."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from lm_eval_routed.rows import GenRequest
 
 
 def filtered_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
@@ -22,3 +25,29 @@ def filtered_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
 def draw(probs: Tensor, generator: torch.Generator) -> int:
     """One token id from a (V,) distribution."""
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def accept_drafts(
+    drafts: list[int],
+    draft_probs: list[Tensor | None],
+    scored: Tensor,
+    req: GenRequest,
+    generator: torch.Generator,
+) -> tuple[int, int]:
+    """How many drafts the LLM accepts, and its token after them; ``scored`` holds its (k + 1, V)
+    logits at each draft slot and one more."""
+    if not req.do_sample:
+        target = scored.argmax(-1).tolist()
+        n = 0
+        while n < len(drafts) and drafts[n] == target[n]:
+            n += 1
+        return n, target[n]
+    # Speculative sampling (Leviathan et al. 2023): accept d with prob min(1, p(d)/q(d)),
+    # else resample from norm(max(0, p - q)); the result is distributed as the LLM samples.
+    p = filtered_probs(scored, req.temperature, req.top_p)
+    for n, (token, q) in enumerate(zip(drafts, draft_probs)):
+        u = torch.rand((), generator=generator, device=p.device)
+        if u * q[token] > p[n, token]:
+            residual = (p[n] - q).clamp_min(0)
+            return n, draw(residual / residual.sum(), generator)
+    return len(drafts), draw(p[-1], generator)
