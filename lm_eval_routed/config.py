@@ -40,6 +40,7 @@ class RoutedConfig:
     max_gen_toks: int = 256
     llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = half the rows in flight
     guess_ahead: int = 0  # per-token, greedy: tokens a routed row decodes on the SLM's guess
+    prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
     schedule: str = (
         "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
     )

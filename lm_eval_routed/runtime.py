@@ -16,6 +16,7 @@ import torch
 
 from lm_eval_routed.accounting import CostModel, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
+from lm_eval_routed.cpu_linear import prepack_linears, unpack_linears
 from lm_eval_routed.decoder import GenRequest, GenResult, MixedDecoder
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.models import (
@@ -46,6 +47,7 @@ class RoutedRuntime:
     dtype: torch.dtype
     params_slm: ParamCount
     params_llm: ParamCount
+    prepacked: bool = False  # linear layers run on prepacked oneDNN weights (CPU)
 
     @property
     def max_length(self) -> int:
@@ -85,6 +87,7 @@ class RoutedRuntime:
                 "batch_size": self.cfg.batch_size,
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "guess_ahead": self.cfg.guess_ahead,
+                "prepacked": self.prepacked,
                 "schedule": self.cfg.schedule,
                 "seed": self.cfg.seed,
                 "params_slm": self.params_slm.total,
@@ -127,6 +130,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
         slm, slm_tok = load_model(cfg.slm, dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
+    prepacked = _set_prepack(cfg.prepack, slm, llm)
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
@@ -149,8 +153,20 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
     )
     return RoutedRuntime(
-        cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm
+        cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm, prepacked
     )
+
+
+def _set_prepack(on: bool, *models: torch.nn.Module) -> bool:
+    """Prepack (or unpack) both models' linear layers; whether both now run prepacked.
+
+    The models are patched in place: a model shared by two runtimes follows the last one built.
+    """
+    if not on:
+        for model in models:
+            unpack_linears(model)
+        return False
+    return all([prepack_linears(model) > 0 for model in models])
 
 
 def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:

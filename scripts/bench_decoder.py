@@ -269,7 +269,12 @@ def bench_lm_eval(args) -> dict:
 
     from lm_eval_routed.lm_eval_model import RoutedLM
 
-    routed = RoutedLM(batch_size=args.lm_eval_batch, config=args.config, router="llm-only")
+    routed = RoutedLM(
+        batch_size=args.lm_eval_batch,
+        config=args.config,
+        router="llm-only",
+        prepack=str(not args.no_prepack),
+    )
     hf = HFLM(
         pretrained=routed.runtime.llm, tokenizer=routed.tokenizer, batch_size=args.lm_eval_batch
     )
@@ -315,6 +320,11 @@ def main() -> None:
     )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument(
+        "--no-prepack",
+        action="store_true",
+        help="CPU: keep torch's default linear kernels (baselines share the models, so follow too)",
+    )
+    ap.add_argument(
         "--task", default="routed_demo", help="generate_until task for the lm-eval comparison"
     )
     ap.add_argument("--limit", type=int, default=16)
@@ -331,6 +341,7 @@ def main() -> None:
                 "dtype": args.dtype,
                 "cost_slm": "0:0",
                 "cost_llm": "0:0",
+                "prepack": not args.no_prepack,
                 **extra,
             }
         )
@@ -343,6 +354,7 @@ def main() -> None:
     report = {
         "device": str(first.device),
         "dtype": str(first.dtype),
+        "prepacked": first.prepacked,
         "tokens": args.tokens,
         "decoding": bench_decoding(rt_for, args),
     }

@@ -1,0 +1,63 @@
+"""Prepacked CPU linears: same results as nn.Linear, rows independent of the batch, plain path kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_llama
+
+from lm_eval_routed.cpu_linear import prepack_linears, supported, unpack_linears
+
+pytestmark = pytest.mark.skipif(
+    not supported(torch.float32), reason="this torch build has no prepacked oneDNN linear"
+)
+
+
+def test_prepacked_model_matches_plain_and_unpacks():
+    model = tiny_llama(2, seed=3)
+    ids = torch.randint(0, 60, (2, 9))
+    with torch.inference_mode():
+        plain = model(ids).logits
+        assert prepack_linears(model) == sum(
+            isinstance(m, torch.nn.Linear) for m in model.modules()
+        )
+        packed = model(ids).logits
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    unpack_linears(model)
+    assert all("forward" not in vars(m) for m in model.modules())
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, plain)
+
+
+def test_each_row_is_the_same_at_any_padded_row_count():
+    # decoding outputs must not depend on which rows share a forward; the engine pads row counts
+    # to a multiple of 4 (one row alone may take a matrix-vector kernel that rounds differently)
+    layer = torch.nn.Linear(96, 200, bias=True)
+    prepack_linears(layer)
+    x = torch.randn(16, 96)
+    with torch.inference_mode():
+        full = layer(x)
+        for n in (4, 8, 12):
+            assert torch.equal(layer(x[:n]), full[:n])
+
+
+def test_training_and_weight_changes_take_the_plain_path():
+    layer = torch.nn.Linear(16, 8)
+    prepack_linears(layer)
+    x = torch.randn(4, 16, requires_grad=True)
+    layer(x).sum().backward()  # grad mode: nn.Linear's own autograd
+    assert layer.weight.grad is not None and x.grad is not None
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+        torch.testing.assert_close(
+            layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)
+        )
+
+
+def test_runtime_records_and_honours_prepack(make_runtime, pair):
+    rt = make_runtime(router="random", p="0.3", prepack="false")
+    assert rt.info()["routed"]["prepacked"] is False
+    assert all("forward" not in vars(m) for m in pair[1].modules())
+    rt = make_runtime(router="random", p="0.3")
+    assert rt.info()["routed"]["prepacked"] is True
+    assert any("forward" in vars(m) for m in pair[1].modules())
