@@ -7,8 +7,10 @@ over the cache's own buffers, and applies the LM head only where logits are need
 token, or every token when verifying drafts).
 
 Token counts are padded to a multiple of ``pad_multiple`` before the matrix products: on the CPUs we
-measured, oneDNN's fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12 (the LM head of
-the demo pair: 36.6 ms at 3 rows, 17.7 ms at 4), so padding is cheaper than not padding.
+measured, torch's default fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12 (the LM
+head of the demo pair: 36.6 ms at 3 rows, 17.7 ms at 4), and both it and the prepacked oneDNN kernels
+(``cpu_linear``) round a lone row differently from the same row among others, so padded row counts
+also keep each row's result independent of which rows share the forward.
 """
 
 from __future__ import annotations
