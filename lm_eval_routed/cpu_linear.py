@@ -63,17 +63,14 @@ def _packed_forward(self: nn.Linear, x: Tensor) -> Tensor:
 def prepack_linears(model: nn.Module) -> int:
     """Run ``model``'s linear layers on prepacked weights; returns how many (0 where unsupported).
 
-    A no-op for models off the CPU or in a dtype this CPU's oneDNN lacks (fp16 needs AVX512-FP16).
+    Layers off the CPU, or in a dtype this CPU's oneDNN lacks (fp16 needs AVX512-FP16), stay plain.
     """
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears or linears[0].weight.device.type != "cpu":
-        return 0
-    if not supported(linears[0].weight.dtype):
-        log.info(
-            "prepacked linears unavailable for %s here; using torch's default",
-            linears[0].weight.dtype,
-        )
-        return 0
+    linears = [
+        m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
+    ]
+    for dtype in {m.weight.dtype for m in linears if not supported(m.weight.dtype)}:
+        log.info("prepacked linears unavailable for %s here; using torch's default", dtype)
+    linears = [m for m in linears if supported(m.weight.dtype)]
     for module in linears:
         if not hasattr(module, _PACKED):
             _pack(module)

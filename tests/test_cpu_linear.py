@@ -61,3 +61,11 @@ def test_runtime_records_and_honours_prepack(make_runtime, pair):
     rt = make_runtime(router="random", p="0.3")
     assert rt.info()["routed"]["prepacked"] is True
     assert any("forward" in vars(m) for m in pair[1].modules())
+
+
+def test_layers_in_a_dtype_the_cpu_lacks_stay_plain():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8).half(), torch.nn.Linear(8, 8))
+    packed = prepack_linears(model)
+    fp16_packed = "forward" in vars(model[0])
+    assert fp16_packed == supported(torch.float16)
+    assert "forward" in vars(model[1]) and packed == 1 + fp16_packed
