@@ -78,6 +78,11 @@ def prepack_linears(model: nn.Module) -> int:
     return len(linears)
 
 
+def is_prepacked(model: nn.Module) -> bool:
+    """Whether any of ``model``'s linear layers runs on a prepacked weight now."""
+    return any(hasattr(m, _PACKED) for m in model.modules())
+
+
 def unpack_linears(model: nn.Module) -> None:
     """Undo ``prepack_linears``: plain ``nn.Linear`` forwards, packed copies freed."""
     for module in model.modules():

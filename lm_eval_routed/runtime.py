@@ -16,7 +16,7 @@ import torch
 
 from lm_eval_routed.accounting import CostModel, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
-from lm_eval_routed.cpu_linear import prepack_linears, unpack_linears
+from lm_eval_routed.cpu_linear import is_prepacked, prepack_linears, unpack_linears
 from lm_eval_routed.decoder import GenRequest, GenResult, MixedDecoder
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.models import (
@@ -47,7 +47,14 @@ class RoutedRuntime:
     dtype: torch.dtype
     params_slm: ParamCount
     params_llm: ParamCount
-    prepacked: bool = False  # linear layers run on prepacked oneDNN weights (CPU)
+
+    @property
+    def prepacked(self) -> bool:
+        """Whether both models' linear layers run on prepacked oneDNN weights (CPU) now.
+
+        Read from the models, not stored: models shared by several runtimes follow the last one built.
+        """
+        return is_prepacked(self.slm) and is_prepacked(self.llm)
 
     @property
     def max_length(self) -> int:
@@ -130,7 +137,12 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
         slm, slm_tok = load_model(cfg.slm, dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
-    prepacked = _set_prepack(cfg.prepack, slm, llm)
+    # patched on the model objects: whatever else runs them (plain generate, lm-eval's hf) follows
+    for model in (slm, llm):
+        if cfg.prepack:
+            prepack_linears(model)
+        else:
+            unpack_linears(model)
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
@@ -153,20 +165,8 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
     )
     return RoutedRuntime(
-        cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm, prepacked
+        cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm
     )
-
-
-def _set_prepack(on: bool, *models: torch.nn.Module) -> bool:
-    """Prepack (or unpack) both models' linear layers; whether both now run prepacked.
-
-    The models are patched in place: a model shared by two runtimes follows the last one built.
-    """
-    if not on:
-        for model in models:
-            unpack_linears(model)
-        return False
-    return all([prepack_linears(model) > 0 for model in models])
 
 
 def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:
