@@ -2,9 +2,9 @@
 
 This is the only place that calls a model, so a faster engine only has to provide ``HFEngine``'s
 ``new_cache`` and ``forward``. The Hugging Face version packs every row's new tokens into one sequence
-(``cache.PackedPlan``), runs the base model with a registered attention function that attends per row
-over the cache's own buffers, and applies the LM head only where logits are needed (each row's last
-token, or every token when verifying drafts).
+(``cache.PackedPlan``), runs the base model with a registered attention function that attends over the
+cache's own buffers (per row on CPU, gathered into one call on GPU: ``cache.py``), and applies the LM
+head only where logits are needed (each row's last token, or every token when verifying drafts).
 
 Token counts are padded to a multiple of ``pad_multiple`` before the matrix products: on the CPUs we
 measured, torch's default fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12 (the LM
@@ -56,7 +56,13 @@ class ForwardOut:
 class HFEngine:
     """A Hugging Face causal LM driven through a ``RowKVCache``."""
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int, pad_multiple: int = 0) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vocab_size: int,
+        pad_multiple: int = 0,
+        gather: bool | None = None,
+    ) -> None:
         self.model = model
         self.base = model.get_decoder()
         self.head = model.get_output_embeddings()
@@ -65,6 +71,7 @@ class HFEngine:
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
+        self.gather = gather  # attention path (cache.py); None: the one measured faster here
         config = self.base.config
         window = getattr(config, "sliding_window", None)
         if window and getattr(config, "use_sliding_window", True):
@@ -78,7 +85,7 @@ class HFEngine:
 
     def new_cache(self, batch: int, capacity: int) -> RowKVCache:
         """An empty cache for ``batch`` slots of up to ``capacity`` tokens each."""
-        return RowKVCache(batch, capacity, self.device)
+        return RowKVCache(batch, capacity, self.device, gather=self.gather)
 
     @contextmanager
     def _row_attention(self):
@@ -114,12 +121,23 @@ class HFEngine:
             [len(tokens[i]) for i in order],
             self.pad_multiple,
         )
-        packed = [t for i in order for t in tokens[i]]
+        spans = [None] * len(rows)
+        for i, span in zip(order, plan.spans):
+            spans[i] = span  # back to the caller's order
+        if all_logits:
+            at = [list(range(s.new)) for s in spans]
         width = plan.positions.shape[1]
-        ids = torch.tensor([packed + [self.pad_id] * (width - len(packed))], device=self.device)
+        packed = [t for i in order for t in tokens[i]]
+        last = [s.offset + s.new - 1 for s in spans]
+        picked = [] if at is None else [s.offset + j for s, js in zip(spans, at) for j in js]
+        # one host-to-device copy for the token ids and the positions read back (a GPU round trip each)
+        flat = torch.tensor(
+            packed + [self.pad_id] * (width - len(packed)) + last + picked, device=self.device
+        )
+        ids, last_t, picked_t = flat.split([width, len(last), len(picked)])
         with self._row_attention():
             out = self.base(
-                input_ids=ids,
+                input_ids=ids[None],
                 position_ids=plan.positions,
                 attention_mask=_PASS_THROUGH_MASK,
                 past_key_values=cache,
@@ -127,22 +145,16 @@ class HFEngine:
                 routed_plan=plan,
             )
         hidden = out.last_hidden_state[0]  # (S, H), packed
-        spans = [None] * len(rows)
-        for i, span in zip(order, plan.spans):
-            spans[i] = span  # back to the caller's order
-        last = hidden[torch.tensor([s.offset + s.new - 1 for s in spans], device=self.device)]
-        if all_logits:
-            at = [list(range(s.new)) for s in spans]
+        last_hidden = hidden[last_t]
         if at is None:
-            return ForwardOut(logits=self._logits(last), hidden=last)
-        picked = [s.offset + j for s, js in zip(spans, at) for j in js]
-        flat = self._logits(hidden[torch.tensor(picked, device=self.device)])
-        logits = flat.new_zeros(len(rows), max(map(len, at)), flat.shape[-1])
+            return ForwardOut(logits=self._logits(last_hidden), hidden=last_hidden)
+        flat_logits = self._logits(hidden[picked_t])
+        logits = flat_logits.new_zeros(len(rows), max(map(len, at)), flat_logits.shape[-1])
         k = 0
         for i, js in enumerate(at):
-            logits[i, : len(js)] = flat[k : k + len(js)]
+            logits[i, : len(js)] = flat_logits[k : k + len(js)]
             k += len(js)
-        return ForwardOut(logits=logits, hidden=last)
+        return ForwardOut(logits=logits, hidden=last_hidden)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         """LM head over (n, H) rows, padded to a GEMM-friendly row count; float32 (n, V)."""

@@ -79,6 +79,23 @@ def test_schedule_does_not_change_outputs(make_runtime, tokenizer):
     assert all([r.token_ids for r in run] == [r.token_ids for r in runs[0]] for run in runs)
 
 
+@pytest.mark.parametrize(
+    "router,extra",
+    [("random", {"p": "0.3"}), ("entropy", {"threshold": "0.9"}), ("speculative", {"gamma": "3"})],
+)
+def test_gathered_attention_decodes_the_same(make_runtime, tokenizer, router, extra):
+    """The GPU's attention path (gathered, cache.py) writes what the CPU's per-row path writes."""
+
+    def run(gather: bool, batch: int) -> list[list[int]]:
+        rt = make_runtime(router=router, batch_size=batch, llm_min_batch="3", **extra)
+        rt.decoder.slm.gather = rt.decoder.llm.gather = gather
+        return [r.token_ids for r in rt.generate(requests(tokenizer))]
+
+    per_row = run(False, 8)
+    assert run(True, 8) == per_row
+    assert run(True, 1) == per_row
+
+
 def test_random_extremes_equal_single_models(make_runtime, tokenizer):
     reqs = requests(tokenizer)
     p0 = make_runtime(router="random", p="0", batch_size=4).generate(reqs)

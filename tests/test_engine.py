@@ -19,9 +19,14 @@ def reference(model, seq: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([seq])).logits[0].float()
 
 
-@pytest.fixture(params=[1, 4], ids=["no-padding", "pad-to-4"])
+@pytest.fixture(
+    params=[(1, False), (4, False), (1, True), (4, True)],
+    ids=["no-padding", "pad-to-4", "gathered", "gathered-pad-to-4"],
+)
 def engine(pair, request):
-    return HFEngine(pair[1], vocab_size=98, pad_multiple=request.param)
+    """Both attention paths (per row: the CPU default; gathered: the GPU default), padded or not."""
+    pad, gather = request.param
+    return HFEngine(pair[1], vocab_size=98, pad_multiple=pad, gather=gather)
 
 
 def prefilled(engine: HFEngine):
@@ -41,10 +46,23 @@ def test_ragged_rows_in_any_order(engine, pair):
     rows, new = [3, 1, 2], [[44], [23, 24, 25], [35, 36]]  # not in slot order, 1 to 3 tokens each
     lengths = [len(PROMPTS[r]) for r in rows]
     out = engine.forward(cache, rows, lengths, new, all_logits=True)
+    assert (cache.plan.gathered is not None) == engine.gather  # the path under test ran
     assert out.logits.shape == (3, 3, 98) and out.hidden.shape == (3, 64)
     for i, (row, tokens) in enumerate(zip(rows, new)):
         ref = reference(pair[1], PROMPTS[row] + tokens)[-len(tokens) :]
         torch.testing.assert_close(out.logits[i, : len(tokens)], ref, atol=1e-4, rtol=0)
+
+
+def test_gathered_rows_from_scattered_slots(pair):
+    """Gathering rows 1 and 3 of 4 (a copy of their slots, not a view) attends over the right ones."""
+    engine = HFEngine(pair[1], vocab_size=98, gather=True)
+    cache, _ = prefilled(engine)
+    new = [[90, 91], [92]]
+    out = engine.forward(cache, [3, 1], [len(PROMPTS[3]), len(PROMPTS[1])], new, all_logits=True)
+    assert cache.plan.gathered.slots.tolist() == [1, 3]
+    for i, row in enumerate([3, 1]):
+        ref = reference(pair[1], PROMPTS[row] + new[i])[-len(new[i]) :]
+        torch.testing.assert_close(out.logits[i, : len(new[i])], ref, atol=1e-4, rtol=0)
 
 
 def test_dense_decode_step_with_unequal_lengths(engine, pair):
