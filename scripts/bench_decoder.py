@@ -11,6 +11,7 @@ Prints ratios, not absolute times (shared machines make absolute times noise):
 
     python scripts/bench_decoder.py                 # demo pair, CPU fp32
     python scripts/bench_decoder.py --json out.json --repeats 3 --tokens 64
+    python scripts/bench_decoder.py --dtype bfloat16 --skip-lm-eval   # GPU: one warm-up repeat first
 """
 
 from __future__ import annotations
@@ -209,11 +210,14 @@ def bench_decoding(rt_for, args) -> dict:
             c for c in decoding_cases(batch) if not args.cases or any(k in c[0] for k in args.cases)
         ]
         samples: dict[str, list[dict]] = defaultdict(list)
-        for rep in range(args.repeats):
+        # warm-up repeats (GPU: kernel selection for every new shape) run the same work, unrecorded
+        for rep in range(-args.warmup, args.repeats):
+            started = time.perf_counter()
+            record = samples if rep >= 0 else defaultdict(list)
             plain.reset()
             llm_s = run_plain(base.llm, base, batch, args.tokens, n)
             slm_s = run_plain(base.slm, base, batch, args.tokens, n)
-            samples["plain slm generate"].append({"speedup_vs_llm_generate": llm_s / slm_s})
+            record["plain slm generate"].append({"speedup_vs_llm_generate": llm_s / slm_s})
             for name, extra in cases:
                 llm_s = run_plain(base.llm, base, batch, args.tokens, n)
                 run = run_routed(rt_for(extra), batch, args.tokens, n)
@@ -228,8 +232,14 @@ def bench_decoding(rt_for, args) -> dict:
                 if name == "speculative":
                     assisted = run_plain(base.llm, base, batch, args.tokens, n, assistant=base.slm)
                     figures["ratio_vs_assisted_generation"] = run["wall_s"] / assisted
-                samples[name].append(figures)
-            print(f"batch {batch}: repeat {rep + 1}/{args.repeats} done", flush=True)
+                record[name].append(figures)
+            print(
+                f"batch {batch}: "
+                + (f"repeat {rep + 1}/{args.repeats}" if rep >= 0 else "warm-up")
+                + " done"
+                f" ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
         for name in ["plain slm generate"] + [n for n, _ in cases]:
             row = {"case": name, "batch": batch, **_medians(samples[name])}
             rows.append(row)
@@ -320,6 +330,15 @@ def main() -> None:
     )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument(
+        "--warmup", type=int, help="unrecorded repeats first (default: 1 on GPU, 0 on CPU)"
+    )
+    ap.add_argument(
+        "--attention",
+        choices=["auto", "rows", "gather"],
+        default="auto",
+        help="ragged attention path (cache.py; auto: gather on GPU, rows on CPU)",
+    )
+    ap.add_argument(
         "--no-prepack",
         action="store_true",
         help="CPU: keep torch's default linear kernels (baselines share the models, so follow too)",
@@ -347,14 +366,21 @@ def main() -> None:
         )
 
     first = build_runtime(config({"router": "slm-only"}))
+    if args.warmup is None:
+        args.warmup = 1 if first.device.type == "cuda" else 0
+    gather = {"auto": None, "rows": False, "gather": True}[args.attention]
 
     def rt_for(extra: dict) -> RoutedRuntime:
-        return build_runtime(config(extra), slm=first.slm, llm=first.llm, tokenizer=first.tokenizer)
+        rt = build_runtime(config(extra), slm=first.slm, llm=first.llm, tokenizer=first.tokenizer)
+        rt.decoder.slm.gather = rt.decoder.llm.gather = gather
+        return rt
 
     report = {
         "device": str(first.device),
         "dtype": str(first.dtype),
         "prepacked": first.prepacked,
+        "attention": args.attention,
+        "warmup": args.warmup,
         "tokens": args.tokens,
         "decoding": bench_decoding(rt_for, args),
     }
