@@ -59,9 +59,8 @@ class PackedPlan:
     dense: int  # > 0: rows are slots 0..dense-1 with one token each -> one batched attention
     dense_kv: int = 0  # slots the batched attention reads (the longest row)
     dense_mask: Tensor | None = None  # (dense, 1, 1, dense_kv) hides slots past shorter rows
-    gathered: Gathered | None = (
-        None  # set when the cache gathers (GPU) and the forward is not dense
-    )
+    # set when the cache gathers (GPU) and the forward is not a dense decode step
+    gathered: Gathered | None = None
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -78,7 +77,7 @@ class RowKVCache:
         self.batch = batch
         self.capacity = capacity
         self.device = torch.device(device)
-        # the attention path that measured faster on this device (module docstring)
+        # gathered on GPU (fewer kernel launches), per row elsewhere (no copies): module docstring
         self.gather = self.device.type == "cuda" if gather is None else gather
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []

@@ -71,7 +71,7 @@ class HFEngine:
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
-        self.gather = gather  # attention path (cache.py); None: the one measured faster here
+        self.gather = gather  # attention path (cache.py); None: chosen by device
         config = self.base.config
         window = getattr(config, "sliding_window", None)
         if window and getattr(config, "use_sliding_window", True):
