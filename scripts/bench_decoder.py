@@ -365,6 +365,10 @@ def main() -> None:
             }
         )
 
+    if args.cases:
+        names = {name for b in args.batches for name, _ in decoding_cases(b)}
+        if not any(k in name for k in args.cases for name in names):
+            ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
     first = build_runtime(config({"router": "slm-only"}))
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0

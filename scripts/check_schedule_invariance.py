@@ -61,14 +61,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
 
+    chosen = [n for n in POLICIES if not args.policies or any(k in n for k in args.policies)]
+    if not chosen:
+        sys.exit(f"--policies {' '.join(args.policies)} matches none of: {', '.join(POLICIES)}")
     base = {"config": args.config, "dtype": args.dtype, "cost_slm": "0:0", "cost_llm": "0:0"}
     first = build_runtime(load_config(base))
     rows = []
-    for name, extra in POLICIES.items():
-        if args.policies and not any(k in name for k in args.policies):
-            continue
+    for name in chosen:
         rt = build_runtime(
-            load_config({**base, **extra}), slm=first.slm, llm=first.llm, tokenizer=first.tokenizer
+            load_config({**base, **POLICIES[name]}),
+            slm=first.slm,
+            llm=first.llm,
+            tokenizer=first.tokenizer,
         )
         reqs = requests(rt, args.requests, args.tokens)
         reference = [r.token_ids for r in rt.decoder.generate(reqs, 1)]
