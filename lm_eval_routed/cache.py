@@ -99,50 +99,52 @@ class RowKVCache:
             spans.append(Span(slot, offset, new, kv))
             offset += new
         width = round_up(offset, multiple)
-        dense = len(rows) if rows == list(range(len(rows))) and offset == len(rows) else 0
+        from_zero = rows == list(range(len(rows)))  # slots 0..b-1: a view of the buffers suffices
+        dense = len(rows) if from_zero and offset == len(rows) else 0
         gather = self.gather and not dense
         kv_max, q_max = max(s.kv for s in spans), max(s.new for s in spans)
+        uneven = dense and min(s.kv for s in spans) != kv_max
+        # a token's position is also its slot in its row (padding: position 0 of the trash row)
+        positions = [i for s in spans for i in range(s.kv - s.new, s.kv)]
         # Every index list crosses to the device in one copy: on a GPU each copy is a round trip.
         lists = {
-            # a token's position is also its slot in its row (padding: position 0 of the trash row)
-            "positions": [i for s in spans for i in range(s.kv - s.new, s.kv)]
-            + [0] * (width - offset),
+            "positions": positions + [0] * (width - offset),
             "write_rows": [s.slot for s in spans for _ in range(s.new)]
             + [self.batch] * (width - offset),
-            "kv": [s.kv for s in spans],
         }
+        if uneven:
+            lists["kv"] = [s.kv for s in spans]
         if gather:  # padded queries repeat their row's last one; their outputs are never read
-            lists["q_last"] = [
-                s.kv - s.new + min(i, s.new - 1) for s in spans for i in range(q_max)
-            ]
-            lists["q_index"] = [s.offset + min(i, s.new - 1) for s in spans for i in range(q_max)]
+            q_index = [s.offset + min(i, s.new - 1) for s in spans for i in range(q_max)]
+            lists["q_index"] = q_index
+            lists["q_position"] = [positions[j] for j in q_index]
             out_index = [k * q_max + i for k, s in enumerate(spans) for i in range(s.new)]
             lists["out_index"] = out_index + [0] * (width - offset)
-            lists["slots"] = rows
+            if not from_zero:
+                lists["slots"] = rows
         flat = torch.tensor([i for v in lists.values() for i in v], device=self.device)
         t = dict(zip(lists, flat.split([len(v) for v in lists.values()])))
-        slots_arange = torch.arange(kv_max, device=self.device)
-        dense_mask = None
-        if dense and min(s.kv for s in spans) != kv_max:
-            dense_mask = (slots_arange[None, :] < t["kv"][:, None])[:, None, None]
-        masks = {}
-        for s in spans if not gather else ():
-            if s.new > 1 and (s.new, s.kv) not in masks:
-                # query i (at position kv - new + i) sees slots 0..kv - new + i
-                masks[(s.new, s.kv)] = (
-                    slots_arange[None, : s.kv] <= t["positions"][s.offset : s.offset + s.new, None]
-                )
-        gathered = None
+        need_masks = uneven or gather or any(s.new > 1 for s in spans)
+        slot_ids = torch.arange(kv_max, device=self.device) if need_masks else None
+        dense_mask = (slot_ids[None, :] < t["kv"][:, None])[:, None, None] if uneven else None
+        masks, gathered = {}, None
         if gather:
             gathered = Gathered(
-                slots=None if rows == list(range(len(rows))) else t["slots"],
+                slots=t.get("slots"),
                 q_index=t["q_index"],
                 out_index=t["out_index"],
                 # query i of a row sees its slots up to its own position
-                mask=(slots_arange[None, :] <= t["q_last"][:, None]).view(len(spans), 1, q_max, -1),
+                mask=(slot_ids[None, :] <= t["q_position"][:, None]).view(len(spans), 1, q_max, -1),
                 q_max=q_max,
                 kv_max=kv_max,
             )
+        else:
+            for s in spans:
+                if s.new > 1 and (s.new, s.kv) not in masks:
+                    # query i (at position kv - new + i) sees slots 0..kv - new + i
+                    masks[(s.new, s.kv)] = (
+                        slot_ids[None, : s.kv] <= t["positions"][s.offset : s.offset + s.new, None]
+                    )
         self.plan = PackedPlan(
             spans=tuple(spans),
             positions=t["positions"][None],
