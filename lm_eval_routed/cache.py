@@ -14,15 +14,23 @@ the linear layers see exactly the tokens there are. ``PackedPlan`` says where ea
 Decode steps over slots 0..b-1 with one token each take a third, cheapest way: one batched call over
 views. Rolling a row back (rejected speculative drafts) is lowering its length: stale slots are
 overwritten before anything reads them.
+
+Masks are additive (0 / -inf in the model's dtype) and built once per forward: SDPA would otherwise
+turn a boolean mask into one in every layer. Where torch has no fused kernel for a masked call with
+grouped KV heads (CUDA's efficient kernel takes masks but not grouped heads, flash takes grouped heads
+but no mask), SDPA falls back to its math kernel, a dozen launches per layer; there the KV heads are
+repeated first, as Hugging Face's own SDPA path does, so the efficient kernel takes the call.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,8 @@ class Gathered:
     slots: Tensor | None  # (b,) cache rows to gather; None when they are 0..b-1 (a view suffices)
     q_index: Tensor  # (b * q_max,) packed position of each padded query (padding repeats the last)
     out_index: Tensor  # (S,) where each packed token's output sits among the padded queries
-    mask: Tensor  # (b, 1, q_max, kv_max): query i of a row sees its slots up to its own position
+    # (b, 1, q_max, kv_max), additive: query i of a row sees its slots up to its own position
+    mask: Tensor
     q_max: int
     kv_max: int
 
@@ -55,10 +64,12 @@ class PackedPlan:
     positions: Tensor  # (1, S) position id of every packed token (0 for padding)
     write_rows: Tensor  # (S,) cache row each packed token writes to (the trash row for padding)
     write_slots: Tensor  # (S,) slot within that row
-    masks: dict[tuple[int, int], Tensor]  # (new, kv) -> (new, kv) causal mask for multi-token rows
+    # (new, kv) -> (new, kv) additive causal mask, for rows bringing several tokens
+    masks: dict[tuple[int, int], Tensor]
     dense: int  # > 0: rows are slots 0..dense-1 with one token each -> one batched attention
     dense_kv: int = 0  # slots the batched attention reads (the longest row)
-    dense_mask: Tensor | None = None  # (dense, 1, 1, dense_kv) hides slots past shorter rows
+    # (dense, 1, 1, dense_kv), additive: hides the slots past shorter rows
+    dense_mask: Tensor | None = None
     # set when the cache gathers (GPU) and the forward is not a dense decode step
     gathered: Gathered | None = None
 
@@ -68,15 +79,28 @@ def round_up(n: int, multiple: int) -> int:
     return n if n <= 1 else -(-n // multiple) * multiple
 
 
+def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask as SDPA adds it to the scores: 0 where allowed, -inf elsewhere."""
+    return torch.full(
+        allowed.shape, float("-inf"), dtype=dtype, device=allowed.device
+    ).masked_fill_(allowed, 0.0)
+
+
 class RowKVCache:
     """Per-row-length KV cache passed to Hugging Face models as ``past_key_values``."""
 
     def __init__(
-        self, batch: int, capacity: int, device: torch.device | str, gather: bool | None = None
+        self,
+        batch: int,
+        capacity: int,
+        device: torch.device | str,
+        gather: bool | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.batch = batch
         self.capacity = capacity
         self.device = torch.device(device)
+        self.dtype = dtype  # the model's: masks are built in it
         # gathered on GPU (fewer kernel launches), per row elsewhere (no copies): module docstring
         self.gather = self.device.type == "cuda" if gather is None else gather
         self.keys: list[Tensor] = []
@@ -125,16 +149,21 @@ class RowKVCache:
         flat = torch.tensor([i for v in lists.values() for i in v], device=self.device)
         t = dict(zip(lists, flat.split([len(v) for v in lists.values()])))
         need_masks = uneven or gather or any(s.new > 1 for s in spans)
-        slot_ids = torch.arange(kv_max, device=self.device) if need_masks else None
-        dense_mask = (slot_ids[None, :] < t["kv"][:, None])[:, None, None] if uneven else None
-        masks, gathered = {}, None
+        # CUDA's efficient kernel copies a mask whose rows are not 16-aligned, in every layer: build
+        # masks over aligned rows and hand out views (columns past kv_max are masked anyway)
+        align = 16 if self.device.type == "cuda" else 1
+        slot_ids = torch.arange(round_up(kv_max, align), device=self.device) if need_masks else None
+        dense_mask, masks, gathered = None, {}, None
+        if uneven:
+            seen = slot_ids[None, :] < t["kv"][:, None]
+            dense_mask = additive(seen, self.dtype)[:, None, None, :kv_max]
         if gather:
+            seen = slot_ids[None, :] <= t["q_position"][:, None]  # query i sees up to its position
             gathered = Gathered(
                 slots=t.get("slots"),
                 q_index=t["q_index"],
                 out_index=t["out_index"],
-                # query i of a row sees its slots up to its own position
-                mask=(slot_ids[None, :] <= t["q_position"][:, None]).view(len(spans), 1, q_max, -1),
+                mask=additive(seen, self.dtype).view(len(spans), 1, q_max, -1)[..., :kv_max],
                 q_max=q_max,
                 kv_max=kv_max,
             )
@@ -142,9 +171,9 @@ class RowKVCache:
             for s in spans:
                 if s.new > 1 and (s.new, s.kv) not in masks:
                     # query i (at position kv - new + i) sees slots 0..kv - new + i
-                    masks[(s.new, s.kv)] = (
-                        slot_ids[None, : s.kv] <= t["positions"][s.offset : s.offset + s.new, None]
-                    )
+                    cols = slot_ids[None, : round_up(s.kv, align)]
+                    seen = cols <= t["positions"][s.offset : s.offset + s.new, None]
+                    masks[(s.new, s.kv)] = additive(seen, self.dtype)[:, : s.kv]
         self.plan = PackedPlan(
             spans=tuple(spans),
             positions=t["positions"][None],
@@ -197,28 +226,24 @@ def attend(
         return _attend_gathered(query, k_buf, v_buf, plan.gathered, scale)
     if plan.dense:
         b, kv = plan.dense, plan.dense_kv
-        res = F.scaled_dot_product_attention(
-            query[0, :, :b].transpose(0, 1).unsqueeze(2),  # (b, H, 1, D): one query per row
-            k_buf[:b, :, :kv],
-            v_buf[:b, :, :kv],
-            attn_mask=plan.dense_mask,
-            scale=scale,
-            enable_gqa=True,
+        # views with as few ops as possible: on a GPU each costs host time in every layer
+        q = query.transpose(0, 2)  # (S, H, 1, D): one query per row
+        res = sdpa(
+            q if width == b else q[:b], k_buf[:b, :, :kv], v_buf[:b, :, :kv], plan.dense_mask, scale
         )
-        out = res.squeeze(2).unsqueeze(0)  # (1, b, H, D)
+        out = res.permute(2, 0, 1, 3)  # (1, b, H, D)
         if width > b:
             out = torch.cat([out, out.new_zeros(1, width - b, heads, dim)], dim=1)
         return out
     out = query.new_zeros(1, width, heads, dim)
     for s in plan.spans:
         rows = slice(s.slot, s.slot + 1)
-        res = F.scaled_dot_product_attention(
+        res = sdpa(
             query[:, :, s.offset : s.offset + s.new],
             k_buf[rows, :, : s.kv],
             v_buf[rows, :, : s.kv],
-            attn_mask=plan.masks.get((s.new, s.kv)),  # None for one token: it sees every slot
-            scale=scale,
-            enable_gqa=True,
+            plan.masks.get((s.new, s.kv)),  # None for one token: it sees every slot
+            scale,
         )
         out[0, s.offset : s.offset + s.new] = res[0].transpose(0, 1)
     return out
@@ -229,12 +254,46 @@ def _attend_gathered(
 ) -> Tensor:
     heads, dim = query.shape[1], query.shape[3]
     b = g.mask.shape[0]
-    q = query[0].index_select(1, g.q_index).unflatten(1, (b, g.q_max)).transpose(0, 1)
+    q = query.index_select(2, g.q_index).view(heads, b, g.q_max, dim).transpose(0, 1)
     if g.slots is None:
         k, v = k_buf[:b, :, : g.kv_max], v_buf[:b, :, : g.kv_max]
     else:
         k = k_buf[:, :, : g.kv_max].index_select(0, g.slots)
         v = v_buf[:, :, : g.kv_max].index_select(0, g.slots)
-    res = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale, enable_gqa=True)
-    out = res.transpose(1, 2).reshape(b * g.q_max, heads, dim).index_select(0, g.out_index)
-    return out.unsqueeze(0)  # (1, S, H, D)
+    res = sdpa(q, k, v, g.mask, scale)
+    # (1, S, H, D): each packed token's output, read from among the padded queries
+    return res.transpose(1, 2).reshape(1, b * g.q_max, heads, dim).index_select(1, g.out_index)
+
+
+# Tests set this to force either way; None decides per device, dtype and head shape (below).
+REPEAT_KV_HEADS: bool | None = None
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+    """SDPA with grouped KV heads, repeated first where a mask would send the call to the math kernel."""
+    if mask is not None and mask.dtype != q.dtype:  # activations not in the parameters' dtype
+        mask = mask.to(q.dtype)
+    if mask is not None and k.shape[1] != q.shape[1]:
+        repeat = REPEAT_KV_HEADS
+        if repeat is None:
+            repeat = not fused_masked_gqa(q.device, q.dtype, q.shape[1], k.shape[1], q.shape[-1])
+        if repeat:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+@functools.cache
+def fused_masked_gqa(
+    device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+) -> bool:
+    """Whether torch's dispatcher has a fused kernel for masked SDPA with grouped KV heads here."""
+    q = torch.zeros(1, heads, 1, head_dim, dtype=dtype, device=device)
+    kv = torch.zeros(1, kv_heads, 16, head_dim, dtype=dtype, device=device)
+    mask = torch.zeros(1, 1, 1, 16, dtype=dtype, device=device)
+    try:  # private, but it is the dispatcher's own choice
+        choice = torch._fused_sdp_choice(q, kv, kv, mask, 0.0, False, enable_gqa=True)
+        return choice != SDPBackend.MATH.value
+    except (AttributeError, TypeError, RuntimeError):
+        return True  # unknown: leave SDPA to pick, as before

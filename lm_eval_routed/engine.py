@@ -66,7 +66,8 @@ class HFEngine:
         self.model = model
         self.base = model.get_decoder()
         self.head = model.get_output_embeddings()
-        self.device = next(model.parameters()).device
+        weight = next(model.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
@@ -85,7 +86,7 @@ class HFEngine:
 
     def new_cache(self, batch: int, capacity: int) -> RowKVCache:
         """An empty cache for ``batch`` slots of up to ``capacity`` tokens each."""
-        return RowKVCache(batch, capacity, self.device, gather=self.gather)
+        return RowKVCache(batch, capacity, self.device, gather=self.gather, dtype=self.dtype)
 
     @contextmanager
     def _row_attention(self):

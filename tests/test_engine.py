@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from lm_eval_routed import cache as cache_module
 from lm_eval_routed.cache import round_up
 from lm_eval_routed.engine import HFEngine
 
@@ -20,12 +21,28 @@ def reference(model, seq: list[int]) -> torch.Tensor:
 
 
 @pytest.fixture(
-    params=[(1, False), (4, False), (1, True), (4, True)],
-    ids=["no-padding", "pad-to-4", "gathered", "gathered-pad-to-4"],
+    params=[
+        (1, False, None),
+        (4, False, None),
+        (1, True, None),
+        (4, True, None),
+        (4, False, True),
+        (4, True, True),
+    ],
+    ids=[
+        "no-padding",
+        "pad-to-4",
+        "gathered",
+        "gathered-pad-to-4",
+        "pad-to-4-repeat-kv",
+        "gathered-pad-to-4-repeat-kv",
+    ],
 )
-def engine(pair, request):
-    """Both attention paths (per row: the CPU default; gathered: the GPU default), padded or not."""
-    pad, gather = request.param
+def engine(pair, request, monkeypatch):
+    """Both attention paths (per row: the CPU default; gathered: the GPU default), padded or not, and
+    with KV heads repeated before masked calls (where CUDA has no fused kernel for grouped heads)."""
+    pad, gather, repeat_kv = request.param
+    monkeypatch.setattr(cache_module, "REPEAT_KV_HEADS", repeat_kv)
     return HFEngine(pair[1], vocab_size=98, pad_multiple=pad, gather=gather)
 
 
@@ -105,6 +122,22 @@ def test_model_attention_is_left_as_found(engine, pair):
     assert pair[1].config._attn_implementation == before
     with torch.no_grad():  # the same model still runs its own attention outside the engine
         pair[1](input_ids=torch.tensor([PROMPTS[0]]))
+
+
+def test_masks_are_additive_in_the_model_dtype(pair):
+    """Built once per forward as SDPA adds them (0 / -inf), so no layer converts a boolean mask."""
+    engine = HFEngine(pair[1], vocab_size=98, gather=True)
+    cache, _ = prefilled(engine)
+    engine.forward(cache, [1, 3], [len(PROMPTS[1]), len(PROMPTS[3])], [[90, 91], [92]])
+    mask = cache.plan.gathered.mask
+    assert mask.dtype == torch.float32 and set(mask.unique().tolist()) == {0.0, float("-inf")}
+    # row 1 (3 cached + 2 new): its first new token sees slots 0..3, its second 0..4
+    assert (mask[0, 0] == 0).tolist() == [[True] * 4 + [False], [True] * 5]
+
+
+def test_cpu_keeps_grouped_heads_in_one_fused_call():
+    """On the CPU, torch's flash kernel takes a masked call with grouped KV heads: nothing repeated."""
+    assert cache_module.fused_masked_gqa(torch.device("cpu"), torch.float32, 9, 3, 64)
 
 
 def test_round_up():
