@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, GenerationConfig
 
+from lm_eval_routed import cache as routed_cache
 from lm_eval_routed.cache import round_up
 from lm_eval_routed.config import load_config
 from lm_eval_routed.decoder import GenRequest
@@ -166,9 +167,10 @@ def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assista
     return total
 
 
-def decoding_cases(batch: int) -> list[tuple[str, dict]]:
+def decoding_cases(batch: int, min_batches: list[int] = ()) -> list[tuple[str, dict]]:
     """The routed runs of one batch size: random shares, entropy, guessing ahead, speculative
-    (batch 1), lockstep (batch > 1)."""
+    (batch 1), lockstep (batch > 1); at batch > 1, each pause-and-batch case once more per
+    ``llm_min_batch`` in ``min_batches`` (0 is the default rule, already run)."""
     cases = [
         (f"random r={r}", {"router": "random", "p": str(r)}) for r in (0.0, 0.05, 0.15, 0.3, 1.0)
     ]
@@ -186,6 +188,12 @@ def decoding_cases(batch: int) -> list[tuple[str, dict]]:
     if batch == 1:
         cases.append(("speculative", {"router": "speculative"}))
     else:
+        cases += [
+            (f"{name} min={m}", extra | {"llm_min_batch": str(m)})
+            for name, extra in list(cases)
+            for m in min_batches
+            if m
+        ]
         cases += [
             (f"lockstep r={r}", {"router": "random", "p": str(r), "schedule": "lockstep"})
             for r in (0.05, 0.15, 0.3)
@@ -207,7 +215,9 @@ def bench_decoding(rt_for, args) -> dict:
     for batch in args.batches:
         n = args.requests or max(batch, 4)  # several at batch 1, so LLM shares average out
         cases = [
-            c for c in decoding_cases(batch) if not args.cases or any(k in c[0] for k in args.cases)
+            c
+            for c in decoding_cases(batch, args.llm_min_batch)
+            if not args.cases or any(k in c[0] for k in args.cases)
         ]
         samples: dict[str, list[dict]] = defaultdict(list)
         # warm-up repeats (GPU: kernel selection for every new shape) run the same work, unrecorded
@@ -328,6 +338,14 @@ def main() -> None:
     ap.add_argument(
         "--cases", nargs="+", help="run only cases whose name contains one of these (e.g. r=0.15)"
     )
+    ap.add_argument(
+        "--llm-min-batch",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="batch > 1: also run each pause-and-batch case at llm_min_batch=N (named '... min=N')",
+    )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument(
         "--warmup", type=int, help="unrecorded repeats first (default: 1 on GPU, 0 on CPU)"
@@ -337,6 +355,13 @@ def main() -> None:
         choices=["auto", "rows", "gather"],
         default="auto",
         help="ragged attention path (cache.py; auto: gather on GPU, rows on CPU)",
+    )
+    ap.add_argument(
+        "--repeat-kv",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="repeat grouped KV heads before masked attention (cache.py; auto: where torch has no "
+        "fused kernel for the masked call, e.g. CUDA)",
     )
     ap.add_argument(
         "--no-prepack",
@@ -366,13 +391,23 @@ def main() -> None:
         )
 
     if args.cases:
-        names = {name for b in args.batches for name, _ in decoding_cases(b)}
+        names = {name for b in args.batches for name, _ in decoding_cases(b, args.llm_min_batch)}
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
     first = build_runtime(config({"router": "slm-only"}))
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0
     gather = {"auto": None, "rows": False, "gather": True}[args.attention]
+    routed_cache.REPEAT_KV_HEADS = {"auto": None, "yes": True, "no": False}[args.repeat_kv]
+    llm_config = first.llm.config
+    heads = llm_config.num_attention_heads
+    fused = routed_cache.fused_masked_gqa(
+        first.device,
+        first.dtype,
+        heads,
+        getattr(llm_config, "num_key_value_heads", None) or heads,
+        getattr(llm_config, "head_dim", None) or llm_config.hidden_size // heads,
+    )
 
     def rt_for(extra: dict) -> RoutedRuntime:
         rt = build_runtime(config(extra), slm=first.slm, llm=first.llm, tokenizer=first.tokenizer)
@@ -384,6 +419,8 @@ def main() -> None:
         "dtype": str(first.dtype),
         "prepacked": first.prepacked,
         "attention": args.attention,
+        "repeat_kv": args.repeat_kv,
+        "masked_gqa_fused": fused,  # False: auto repeats KV heads before masked calls
         "warmup": args.warmup,
         "tokens": args.tokens,
         "decoding": bench_decoding(rt_for, args),
