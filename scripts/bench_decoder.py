@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -167,7 +168,7 @@ def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assista
     return total
 
 
-def decoding_cases(batch: int, min_batches: list[int] = ()) -> list[tuple[str, dict]]:
+def decoding_cases(batch: int, min_batches: Sequence[int] = ()) -> list[tuple[str, dict]]:
     """The routed runs of one batch size: random shares, entropy, guessing ahead, speculative
     (batch 1), lockstep (batch > 1); at batch > 1, each pause-and-batch case once more per
     ``llm_min_batch`` in ``min_batches`` (0 is the default rule, already run)."""
@@ -390,6 +391,8 @@ def main() -> None:
             }
         )
 
+    if any(m < 0 for m in args.llm_min_batch):
+        ap.error("--llm-min-batch takes rows to wait for: 1 or more (0 is the default rule)")
     if args.cases:
         names = {name for b in args.batches for name, _ in decoding_cases(b, args.llm_min_batch)}
         if not any(k in name for k in args.cases for name in names):
@@ -420,7 +423,7 @@ def main() -> None:
         "prepacked": first.prepacked,
         "attention": args.attention,
         "repeat_kv": args.repeat_kv,
-        "masked_gqa_fused": fused,  # False: auto repeats KV heads before masked calls
+        "masked_gqa_fused": fused,  # for the LLM's heads; False: auto repeats them before masks
         "warmup": args.warmup,
         "tokens": args.tokens,
         "decoding": bench_decoding(rt_for, args),
