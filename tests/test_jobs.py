@@ -40,7 +40,7 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
     )
     assert [s["label"] for s in first] == ["llm-only", "random p=0.5"]
     lines = (out / "runs" / "random_p=0.5" / "tiny_routed.samples.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and all(json.loads(x)["routed"]["tokens"] > 0 for x in lines)
+    assert len(lines) == 3 and all(json.loads(x)["routed"][0]["tokens"] > 0 for x in lines)
 
     def must_not_run(*a, **k):
         raise AssertionError("a finished cell was recomputed")
@@ -63,6 +63,22 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
     assert rows["llm-only"]["llm_share"] == 1.0
     assert 0.0 <= rows["llm-only"]["accuracy"] <= 1.0
     assert rows["random p=0.5"]["activated_params"] < rows["llm-only"]["activated_params"]
+
+
+def test_join_keeps_every_repeat_of_a_sample():
+    """A task with repeats samples several answers per doc: each one's accounting is kept and counted."""
+
+    def record(doc: int, repeat: int, tokens: int, scored_by: str = "generate") -> dict:
+        fields = dict.fromkeys(sweep.SUMMARY_FIELDS, 0.0) | {"tokens": tokens}
+        return {**fields, "scored_by": scored_by, "key": {"doc_id": doc, "repeat": repeat}}
+
+    records = [record(0, 1, 30), record(1, 0, 5), record(0, 0, 10), record(1, 0, 99, "llm")]
+    samples = [{"doc_id": 0, "acc": 1.0}, {"doc_id": 1, "acc": 0.0}, {"doc_id": 2, "acc": 0.0}]
+    rows = sweep._join(samples, records)
+    assert [[r["tokens"] for r in row["routed"]] for row in rows] == [[10, 30], [5], []]
+    assert "key" not in rows[0]["routed"][0] and rows[0]["metrics"] == {"acc": 1.0}
+    # the run's summary averages generations: (10 + 30 + 5) / 3
+    assert sweep.summarize([r for row in rows for r in row["routed"]])["tokens"] == 15.0
 
 
 def test_primary_metric_picks_value_and_stderr():

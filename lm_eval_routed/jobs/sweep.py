@@ -2,8 +2,9 @@
 
 Each finished (config, task) cell is written to ``OUT/runs/<config-slug>/<task>.json`` (lm-eval's
 metrics plus a per-run accounting summary) and ``<task>.samples.jsonl`` (one line per sample: doc id,
-prompt hash, metrics, accounting). A cell whose JSON exists is skipped, so an interrupted sweep picks up
-where it stopped and never recomputes a finished cell.
+prompt hash, metrics, and the accounting of each of its generations, one per repeat). A cell whose
+JSON exists is skipped, so an interrupted sweep picks up where it stopped and never recomputes a
+finished cell.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _run_cell(
         "config": _config_dict(cell.cfg),
         "metrics": results["results"][cell.task],
         "n_samples": len(samples),
-        "accounting": summarize([s["routed"] for s in samples if s["routed"]]),
+        "accounting": summarize([rec for s in samples for rec in s["routed"]]),
         "run_info": runtime.info()["routed"],
     }
     # the summary is written last: its presence marks the cell as done
@@ -122,9 +123,10 @@ def _run_cell(
 
 
 def _join(samples: list[dict], records: list[dict]) -> list[dict]:
-    """One line per sample: lm-eval's metrics beside the sample's generation accounting."""
+    """One line per sample: lm-eval's metrics beside the accounting of every generation it made
+    (a task with ``repeats: n`` samples n answers per doc), in repeat order."""
     by_doc: dict[Any, list[dict]] = {}
-    for rec in records:
+    for rec in sorted(records, key=lambda r: r["key"].get("repeat", 0)):
         if rec.get("scored_by") == "generate":
             by_doc.setdefault(rec["key"].get("doc_id"), []).append(rec)
     rows = []
@@ -137,14 +139,14 @@ def _join(samples: list[dict], records: list[dict]) -> list[dict]:
                 "prompt_hash": sample.get("prompt_hash"),
                 "metrics": metrics,
                 "response": (sample.get("filtered_resps") or [None])[0],
-                "routed": {k: v for k, v in recs[0].items() if k != "key"} if recs else None,
+                "routed": [{k: v for k, v in r.items() if k != "key"} for r in recs],
             }
         )
     return rows
 
 
 def summarize(records: list[dict]) -> dict[str, float]:
-    """Mean of each accounting field over samples (R2R's run figure for activated params)."""
+    """Mean of each accounting field over generations (R2R's run figure for activated params)."""
     if not records:
         return {}
     return {f: statistics.fmean(r[f] for r in records) for f in SUMMARY_FIELDS}
