@@ -64,3 +64,29 @@ def test_generate_until_respects_until_and_keys_repeats(lm):
     assert all("\n" not in text for text in out)
     keys = [r["key"] for r in lm.records[-2:]]
     assert [k["repeat"] for k in keys] == [0, 1] and {k["doc_id"] for k in keys} == {3}
+
+
+def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
+    """Requests carry a doc's position among the evaluated docs; lm-eval logs its dataset index,
+    which differs under ``--samples``. Each logged sample must still get its own doc's records."""
+    from collections import defaultdict
+
+    from lm_eval_routed import lm_eval_model
+
+    def doc(position: int, prompt: str) -> list[dict]:
+        return [
+            {"tokens": position, "key": {"task": "t", "doc_id": position, "prompt_hash": prompt}}
+        ]
+
+    records = defaultdict(list, {("t", i): doc(i, p) for i, p in enumerate(["hA", "hB", "hA"])})
+    monkeypatch.setattr(lm_eval_model, "RECORDS", records)
+
+    def tokens(logged: list[tuple[int, str]]) -> list[list[int]]:
+        samples = [{"doc_id": d, "prompt_hash": p} for d, p in logged]
+        return [[r["tokens"] for r in recs] for recs in lm_eval_model._records_of("t", samples)]
+
+    assert tokens([(0, "hA"), (1, "hB"), (2, "hA")]) == [[0], [1], [2]]  # no remapping
+    assert tokens([(4, "hA"), (7, "hB"), (9, "hA")]) == [[0], [1], [2]]  # --samples 4 7 9
+    # dataset indices that are also positions of other prompts; a repeated prompt pairs up in order
+    assert tokens([(1, "hA"), (2, "hB"), (5, "hA")]) == [[0], [1], [2]]
+    assert tokens([(3, "hC")]) == [[]]  # nothing recorded for it
