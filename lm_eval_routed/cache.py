@@ -24,7 +24,6 @@ repeated first, as Hugging Face's own SDPA path does, so the efficient kernel ta
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +71,7 @@ class PackedPlan:
     dense_mask: Tensor | None = None
     # set when the cache gathers (GPU) and the forward is not a dense decode step
     gathered: Gathered | None = None
+    repeat_kv: bool = False  # repeat grouped KV heads before masked calls (module docstring)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -96,11 +96,13 @@ class RowKVCache:
         device: torch.device | str,
         gather: bool | None = None,
         dtype: torch.dtype = torch.float32,
+        repeat_kv: bool = False,
     ) -> None:
         self.batch = batch
         self.capacity = capacity
         self.device = torch.device(device)
         self.dtype = dtype  # the model's: masks are built in it
+        self.repeat_kv = repeat_kv  # decided once per model by its engine (fused_masked_gqa)
         # gathered on GPU (fewer kernel launches), per row elsewhere (no copies): module docstring
         self.gather = self.device.type == "cuda" if gather is None else gather
         self.keys: list[Tensor] = []
@@ -184,6 +186,7 @@ class RowKVCache:
             dense_kv=kv_max,
             dense_mask=dense_mask,
             gathered=gathered,
+            repeat_kv=self.repeat_kv,
         )
         return self.plan
 
@@ -223,14 +226,13 @@ def attend(
     """
     _, heads, width, dim = query.shape
     if plan.gathered is not None:
-        return _attend_gathered(query, k_buf, v_buf, plan.gathered, scale)
+        return _attend_gathered(query, k_buf, v_buf, plan.gathered, scale, plan.repeat_kv)
     if plan.dense:
         b, kv = plan.dense, plan.dense_kv
         # views with as few ops as possible: on a GPU each costs host time in every layer
         q = query.transpose(0, 2)  # (S, H, 1, D): one query per row
-        res = sdpa(
-            q if width == b else q[:b], k_buf[:b, :, :kv], v_buf[:b, :, :kv], plan.dense_mask, scale
-        )
+        k, v = k_buf[:b, :, :kv], v_buf[:b, :, :kv]
+        res = sdpa(q if width == b else q[:b], k, v, plan.dense_mask, scale, plan.repeat_kv)
         out = res.permute(2, 0, 1, 3)  # (1, b, H, D)
         if width > b:
             out = torch.cat([out, out.new_zeros(1, width - b, heads, dim)], dim=1)
@@ -244,13 +246,14 @@ def attend(
             v_buf[rows, :, : s.kv],
             plan.masks.get((s.new, s.kv)),  # None for one token: it sees every slot
             scale,
+            plan.repeat_kv,
         )
         out[0, s.offset : s.offset + s.new] = res[0].transpose(0, 1)
     return out
 
 
 def _attend_gathered(
-    query: Tensor, k_buf: Tensor, v_buf: Tensor, g: Gathered, scale: float | None
+    query: Tensor, k_buf: Tensor, v_buf: Tensor, g: Gathered, scale: float | None, repeat_kv: bool
 ) -> Tensor:
     heads, dim = query.shape[1], query.shape[3]
     b = g.mask.shape[0]
@@ -260,31 +263,24 @@ def _attend_gathered(
     else:
         k = k_buf[:, :, : g.kv_max].index_select(0, g.slots)
         v = v_buf[:, :, : g.kv_max].index_select(0, g.slots)
-    res = sdpa(q, k, v, g.mask, scale)
+    res = sdpa(q, k, v, g.mask, scale, repeat_kv)
     # (1, S, H, D): each packed token's output, read from among the padded queries
     return res.transpose(1, 2).reshape(1, b * g.q_max, heads, dim).index_select(1, g.out_index)
 
 
-# Tests set this to force either way; None decides per device, dtype and head shape (below).
-REPEAT_KV_HEADS: bool | None = None
-
-
-def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
-    """SDPA with grouped KV heads, repeated first where a mask would send the call to the math kernel."""
+def sdpa(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None, repeat_kv: bool
+) -> Tensor:
+    """SDPA over grouped KV heads; with ``repeat_kv``, masked calls repeat the heads first."""
     if mask is not None and mask.dtype != q.dtype:  # activations not in the parameters' dtype
         mask = mask.to(q.dtype)
-    if mask is not None and k.shape[1] != q.shape[1]:
-        repeat = REPEAT_KV_HEADS
-        if repeat is None:
-            repeat = not fused_masked_gqa(q.device, q.dtype, q.shape[1], k.shape[1], q.shape[-1])
-        if repeat:
-            group = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if repeat_kv and mask is not None and k.shape[1] != q.shape[1]:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
-@functools.cache
 def fused_masked_gqa(
     device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
 ) -> bool:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface
 
-from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, round_up
+from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class HFEngine:
         vocab_size: int,
         pad_multiple: int = 0,
         gather: bool | None = None,
+        repeat_kv: bool | None = None,
     ) -> None:
         self.model = model
         self.base = model.get_decoder()
@@ -74,6 +75,12 @@ class HFEngine:
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
         self.gather = gather  # attention path (cache.py); None: chosen by device
         config = self.base.config
+        if repeat_kv is None:  # asked once here, not in every layer's attention call
+            heads = config.num_attention_heads
+            kv_heads = getattr(config, "num_key_value_heads", None) or heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            repeat_kv = not fused_masked_gqa(self.device, self.dtype, heads, kv_heads, head_dim)
+        self.repeat_kv = repeat_kv  # repeat grouped KV heads before masked attention (cache.py)
         window = getattr(config, "sliding_window", None)
         if window and getattr(config, "use_sliding_window", True):
             log.warning(
@@ -86,7 +93,14 @@ class HFEngine:
 
     def new_cache(self, batch: int, capacity: int) -> RowKVCache:
         """An empty cache for ``batch`` slots of up to ``capacity`` tokens each."""
-        return RowKVCache(batch, capacity, self.device, gather=self.gather, dtype=self.dtype)
+        return RowKVCache(
+            batch,
+            capacity,
+            self.device,
+            gather=self.gather,
+            dtype=self.dtype,
+            repeat_kv=self.repeat_kv,
+        )
 
     @contextmanager
     def _row_attention(self):

@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lm_eval_routed import cache as routed_cache
 from lm_eval_routed.cache import round_up
 from lm_eval_routed.config import load_config
 from lm_eval_routed.decoder import GenRequest
@@ -401,20 +400,13 @@ def main() -> None:
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0
     gather = {"auto": None, "rows": False, "gather": True}[args.attention]
-    routed_cache.REPEAT_KV_HEADS = {"auto": None, "yes": True, "no": False}[args.repeat_kv]
-    llm_config = first.llm.config
-    heads = llm_config.num_attention_heads
-    fused = routed_cache.fused_masked_gqa(
-        first.device,
-        first.dtype,
-        heads,
-        getattr(llm_config, "num_key_value_heads", None) or heads,
-        getattr(llm_config, "head_dim", None) or llm_config.hidden_size // heads,
-    )
+    repeat_kv = {"auto": None, "yes": True, "no": False}[args.repeat_kv]
 
     def rt_for(extra: dict) -> RoutedRuntime:
         rt = build_runtime(config(extra), slm=first.slm, llm=first.llm, tokenizer=first.tokenizer)
         rt.decoder.slm.gather = rt.decoder.llm.gather = gather
+        if repeat_kv is not None:  # auto: each engine asked torch's dispatcher when it was built
+            rt.decoder.slm.repeat_kv = rt.decoder.llm.repeat_kv = repeat_kv
         return rt
 
     report = {
@@ -423,7 +415,7 @@ def main() -> None:
         "prepacked": first.prepacked,
         "attention": args.attention,
         "repeat_kv": args.repeat_kv,
-        "masked_gqa_fused": fused,  # for the LLM's heads; False: auto repeats them before masks
+        "repeat_kv_heads": first.decoder.llm.repeat_kv if repeat_kv is None else repeat_kv,
         "warmup": args.warmup,
         "tokens": args.tokens,
         "decoding": bench_decoding(rt_for, args),

@@ -38,12 +38,11 @@ def reference(model, seq: list[int]) -> torch.Tensor:
         "gathered-pad-to-4-repeat-kv",
     ],
 )
-def engine(pair, request, monkeypatch):
+def engine(pair, request):
     """Both attention paths (per row: the CPU default; gathered: the GPU default), padded or not, and
     with KV heads repeated before masked calls (where CUDA has no fused kernel for grouped heads)."""
     pad, gather, repeat_kv = request.param
-    monkeypatch.setattr(cache_module, "REPEAT_KV_HEADS", repeat_kv)
-    return HFEngine(pair[1], vocab_size=98, pad_multiple=pad, gather=gather)
+    return HFEngine(pair[1], vocab_size=98, pad_multiple=pad, gather=gather, repeat_kv=repeat_kv)
 
 
 def prefilled(engine: HFEngine):
