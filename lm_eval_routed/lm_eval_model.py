@@ -19,7 +19,12 @@ import jsonlines
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
-from lm_eval.utils import get_rolling_token_windows, hash_string, make_disjoint_window
+from lm_eval.utils import (
+    get_rolling_token_windows,
+    hash_string,
+    make_disjoint_window,
+    simple_parse_args_string,
+)
 from tqdm import tqdm
 
 from lm_eval_routed.accounting import SampleTally
@@ -49,9 +54,13 @@ class RoutedLM(TemplateLM):
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         device: str | None = None,
-        **model_args: Any,
+        model_args: dict[str, Any] | None = None,
+        **more_model_args: Any,
     ) -> None:
+        """``batch_size``, ``max_batch_size``, ``device``: lm-eval's own flags; the rest, model_args."""
         super().__init__()
+        model_args = {**(model_args or {}), **more_model_args}
+        model_args.pop("max_batch_size", None)  # no batch-size search: batches run as given
         # lm-eval passes its own default device (cuda:0) even when the user named none: only a
         # device that exists here is taken from it; model_args' device= is always honoured.
         if device and "device" not in model_args and _available(device):
@@ -79,6 +88,26 @@ class RoutedLM(TemplateLM):
         self.records: list[dict[str, Any]] = []  # every accounting record this model produced
         self._pending: list[dict[str, Any]] = []  # produced since the last _share()
         self._accounting = Path(self.cfg.accounting_path) if self.cfg.accounting_path else None
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict[str, Any] | None = None
+    ) -> RoutedLM:
+        """lm-eval's entry for ``--model_args k=v,...``."""
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None
+    ) -> RoutedLM:
+        """lm-eval's entry for model_args as a dict.
+
+        lm-eval passes its ``--batch_size``, ``--max_batch_size`` and ``--device`` as keyword arguments
+        beside model_args, which may name ``batch_size`` and ``device`` too; merged into one call,
+        the same name twice was a TypeError. model_args travel apart, and a key they set wins.
+        """
+        flags = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(model_args=dict(arg_dict), **flags)
 
     @classmethod
     def from_runtime(cls, runtime: RoutedRuntime) -> RoutedLM:

@@ -28,7 +28,7 @@ from lm_eval_routed.models import (
     resolve_device,
     resolve_dtype,
 )
-from lm_eval_routed.routers.base import Router, make_router
+from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def sample_seed(base: int, *parts: object) -> int:
 
 def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> RoutedRuntime:
     """Load (or take already loaded) models and assemble the decoder for ``cfg``."""
+    check_router(cfg)  # a typo or a missing checkpoint fails before minutes of loading
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if slm is None or llm is None:

@@ -47,3 +47,28 @@ def test_arg_string_form():
     assert parse_arg_string("router=random, p=0.2,") == {"router": "random", "p": "0.2"}
     with pytest.raises(ConfigError, match="no '='"):
         parse_arg_string("router")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ({"router": "nope"}, "unknown router 'nope'"),
+        ({"router": "r2r"}, "router=r2r needs router_ckpt="),
+        ({"router": "citer", "router_ckpt": "no/such/folder"}, "router_ckpt='no/such/folder' not"),
+        (
+            {"router": "citer", "router_ckpt": "demo-r2r"},
+            "is a 'r2r' router checkpoint, not 'citer'",
+        ),
+        ({"router": "entropy", "threshold": "2"}, "out of range for router=entropy"),
+    ],
+)
+def test_router_mistakes_fail_before_models_load(monkeypatch, args, needle):
+    from lm_eval_routed import runtime
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the router was checked")
+
+    monkeypatch.setattr(runtime, "load_model", no_loading)
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(load_config(args))
+    assert needle in str(err.value) and "\n" not in str(err.value)

@@ -90,3 +90,35 @@ def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
     # dataset indices that are also positions of other prompts; a repeated prompt pairs up in order
     assert tokens([(1, "hA"), (2, "hB"), (5, "hA")]) == [[0], [1], [2]]
     assert tokens([(3, "hC")]) == [[]]  # nothing recorded for it
+
+
+@pytest.mark.parametrize(
+    "model_args,flags,want",
+    [
+        # lm-eval passes its --batch_size / --device defaults beside model_args, which may name both
+        ("router=random,device=cpu,batch_size=3", {"batch_size": 1, "device": "cuda"}, (3, "cpu")),
+        ("router=random", {"batch_size": 5, "device": "cpu", "max_batch_size": None}, (5, "cpu")),
+        ("router=random,max_batch_size=4", {"batch_size": 2}, (2, "auto")),
+    ],
+)
+def test_lm_eval_flags_and_model_args_merge(monkeypatch, model_args, flags, want):
+    from lm_eval_routed import lm_eval_model
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(cfg):
+        seen["cfg"] = cfg
+        raise Stop  # before anything loads
+
+    monkeypatch.setattr(lm_eval_model, "build_runtime", capture)
+    with pytest.raises(Stop):
+        lm_eval_model.RoutedLM.create_from_arg_string(model_args, flags)
+    assert (seen["cfg"].batch_size, seen["cfg"].device) == want
+    with pytest.raises(Stop):
+        lm_eval_model.RoutedLM.create_from_arg_obj(
+            dict(p.split("=") for p in model_args.split(",")), flags
+        )
+    assert (seen["cfg"].batch_size, seen["cfg"].device) == want

@@ -71,15 +71,25 @@ class Router:
 
 # name -> factory(cfg, slm_model) -> Router. Factories import lazily so a name costs nothing.
 _REGISTRY: dict[str, Callable[..., Router]] = {}
+# name -> check(cfg): what a router can refuse before any model loads (minutes for a large pair).
+_CHECKS: dict[str, Callable[[Any], object]] = {}
 
 
-def register_router(name: str) -> Callable[[Callable[..., Router]], Callable[..., Router]]:
-    """Decorator: register a router factory ``f(cfg, slm) -> Router`` under ``name``."""
+def register_router(
+    name: str, check: Callable[[Any], object] | None = None
+) -> Callable[[Callable[..., Router]], Callable[..., Router]]:
+    """Decorator: register a router factory ``f(cfg, slm) -> Router`` under ``name``.
+
+    ``check(cfg)``, if given, raises ConfigError on what it can see without the models (a
+    checkpoint's path, a threshold's range); ``check_router`` runs it before they load.
+    """
 
     def deco(factory: Callable[..., Router]) -> Callable[..., Router]:
         if name in _REGISTRY:
             raise ValueError(f"router {name!r} registered twice")
         _REGISTRY[name] = factory
+        if check is not None:
+            _CHECKS[name] = check
         return factory
 
     return deco
@@ -91,14 +101,25 @@ def router_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_router(cfg: Any) -> None:
+    """Refuse an unknown router, or what its own check sees, before the models load."""
+    _known(cfg.router)
+    if cfg.router in _CHECKS:
+        _CHECKS[cfg.router](cfg)
+
+
 def make_router(name: str, cfg: Any, slm: torch.nn.Module | None = None) -> Router:
     """Build the router ``name`` for config ``cfg`` (an unknown name lists the valid ones)."""
+    _known(name)
+    return _REGISTRY[name](cfg, slm)
+
+
+def _known(name: str) -> None:
     _load_builtin()
     if name not in _REGISTRY:
         from lm_eval_routed.config import ConfigError
 
         raise ConfigError(f"unknown router {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](cfg, slm)
 
 
 def _load_builtin() -> None:

@@ -59,9 +59,13 @@ class CiterRouter(Router):
         return {**super().info(), **self._info}
 
 
-@register_router("citer")
+def _check(cfg: RoutedConfig) -> object:
+    return checkpoint.load(cfg.router_ckpt, "citer")
+
+
+@register_router("citer", check=_check)
 def _citer(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "citer")
+    ckpt, state, weights = _check(cfg)
     checkpoint.check_fits(ckpt, slm, "citer")
     net = CiterNet(ckpt["hidden_size"])
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -60,17 +60,25 @@ class EntropyToken(Router):
         return {**super().info(), "entropy_units": "nats"}
 
 
-@register_router("entropy")
-def _entropy(cfg: RoutedConfig, slm) -> Router:
+def _stitch_tau(cfg: RoutedConfig) -> float:
     tau = 0.1 if cfg.threshold is None else cfg.threshold
     if not 0.0 <= tau <= 1.0:
         raise ConfigError(f"threshold={tau} is out of range for router=entropy (normalized, 0..1)")
-    return EntropyStitch(tau)
+    return tau
 
 
-@register_router("entropy-token")
-def _entropy_token(cfg: RoutedConfig, slm) -> Router:
+def _token_tau(cfg: RoutedConfig) -> float:
     tau = 0.45 if cfg.threshold is None else cfg.threshold
     if tau < 0:
         raise ConfigError(f"threshold={tau} must be >= 0 for router=entropy-token (nats)")
-    return EntropyToken(tau)
+    return tau
+
+
+@register_router("entropy", check=_stitch_tau)
+def _entropy(cfg: RoutedConfig, slm) -> Router:
+    return EntropyStitch(_stitch_tau(cfg))
+
+
+@register_router("entropy-token", check=_token_tau)
+def _entropy_token(cfg: RoutedConfig, slm) -> Router:
+    return EntropyToken(_token_tau(cfg))

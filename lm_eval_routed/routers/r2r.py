@@ -175,9 +175,13 @@ class R2RRouter(Router):
 ARCH_KEYS = ("hidden_size", "width", "blocks", "top_k")
 
 
-@register_router("r2r")
+def _check(cfg: RoutedConfig) -> object:
+    return checkpoint.load(cfg.router_ckpt, "r2r")
+
+
+@register_router("r2r", check=_check)
 def _r2r(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")
+    ckpt, state, weights = _check(cfg)
     official = ckpt.get("official_model_type")
     if official not in (None, OFFICIAL_TYPE) and "hidden_size" not in ckpt:
         raise ConfigError(
