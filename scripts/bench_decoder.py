@@ -21,7 +21,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -201,11 +201,12 @@ def decoding_cases(batch: int, min_batches: Sequence[int] = ()) -> list[tuple[st
     return cases
 
 
-def bench_decoding(rt_for, args) -> dict:
+def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding: None) -> dict:
     """Per repeat and case: plain LLM ``generate``, the routed run, then its ideal, side by side.
 
     Absolute speed drifts by a quarter over a minute on shared machines, so every ratio is taken
-    between runs made back to back; the table holds the median of each ratio over repeats.
+    between runs made back to back; the table holds the median of each ratio over repeats. ``save``
+    gets the table so far after every repeat, so a run cut short keeps what it measured.
     """
     base = rt_for({"router": "slm-only"})
     plain = PlainCosts(
@@ -250,11 +251,20 @@ def bench_decoding(rt_for, args) -> dict:
                 f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
-        for name in ["plain slm generate"] + [n for n, _ in cases]:
-            row = {"case": name, "batch": batch, **_medians(samples[name])}
-            rows.append(row)
+            if rep >= 0:
+                save({"rows": rows + _rows(batch, samples), "repeats": args.repeats})
+        rows += _rows(batch, samples)
+        for row in rows[-len(samples) :]:
             print(format_row(row), flush=True)
     return {"rows": rows, "repeats": args.repeats}
+
+
+def _rows(batch: int, samples: dict[str, list[dict]]) -> list[dict]:
+    """One table row per case: medians over the repeats done so far (``repeats_done``)."""
+    return [
+        {"case": name, "batch": batch, "repeats_done": len(runs), **_medians(runs)}
+        for name, runs in samples.items()
+    ]
 
 
 def _medians(samples: list[dict]) -> dict:
@@ -374,7 +384,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--lm-eval-batch", type=int, default=8)
     ap.add_argument("--skip-lm-eval", action="store_true")
-    ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument(
+        "--json", type=Path, help="write every figure here (rewritten after every repeat)"
+    )
     args = ap.parse_args()
 
     def config(extra: dict):
@@ -418,12 +430,21 @@ def main() -> None:
         "repeat_kv_heads": first.decoder.llm.repeat_kv if repeat_kv is None else repeat_kv,
         "warmup": args.warmup,
         "tokens": args.tokens,
-        "decoding": bench_decoding(rt_for, args),
+        "complete": False,
     }
+
+    def save(decoding: dict) -> None:
+        # written after every repeat: a run cut short (a time limit, a crash) keeps what it measured
+        report["decoding"] = decoding
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+
+    save(bench_decoding(rt_for, args, save))
     if not args.skip_lm_eval:
         report["lm_eval"] = bench_lm_eval(args)
+    report["complete"] = True
+    save(report["decoding"])
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
 
 
