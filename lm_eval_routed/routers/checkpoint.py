@@ -34,7 +34,11 @@ def resolve(ref: str | None, kind: str) -> Path:
     )
 
 
-def load(ref: str | None, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+# (config, state_dict, file holding the weights)
+Loaded = tuple[dict[str, Any], dict[str, torch.Tensor], Path]
+
+
+def load(ref: str | None, kind: str) -> Loaded:
     """(config, state_dict, file holding the weights) of a router checkpoint of ``kind``."""
     path = resolve(ref, kind)
     if path.is_dir():

@@ -59,13 +59,13 @@ class CiterRouter(Router):
         return {**super().info(), **self._info}
 
 
-def _check(cfg: RoutedConfig) -> object:
+def _load(cfg: RoutedConfig) -> checkpoint.Loaded:
     return checkpoint.load(cfg.router_ckpt, "citer")
 
 
-@register_router("citer", check=_check)
+@register_router("citer", check=_load)
 def _citer(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = _check(cfg)
+    ckpt, state, weights = _load(cfg)
     checkpoint.check_fits(ckpt, slm, "citer")
     net = CiterNet(ckpt["hidden_size"])
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -175,13 +175,13 @@ class R2RRouter(Router):
 ARCH_KEYS = ("hidden_size", "width", "blocks", "top_k")
 
 
-def _check(cfg: RoutedConfig) -> object:
+def _load(cfg: RoutedConfig) -> checkpoint.Loaded:
     return checkpoint.load(cfg.router_ckpt, "r2r")
 
 
-@register_router("r2r", check=_check)
+@register_router("r2r", check=_load)
 def _r2r(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = _check(cfg)
+    ckpt, state, weights = _load(cfg)
     official = ckpt.get("official_model_type")
     if official not in (None, OFFICIAL_TYPE) and "hidden_size" not in ckpt:
         raise ConfigError(
