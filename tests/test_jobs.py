@@ -7,6 +7,7 @@ import json
 import pytest
 from helpers import write_workspace
 
+from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs import sweep
 from lm_eval_routed.jobs.leaderboard import build_rows, primary_metric, write_leaderboard
 
@@ -63,6 +64,38 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
     assert rows["llm-only"]["llm_share"] == 1.0
     assert 0.0 <= rows["llm-only"]["accuracy"] <= 1.0
     assert rows["random p=0.5"]["activated_params"] < rows["llm-only"]["activated_params"]
+
+
+def test_unknown_task_names_the_nearest():
+    sweep.check_tasks(["routed_demo"], ["routed_demo", "routed_aime24"])
+    with pytest.raises(ConfigError, match="unknown task 'routed_dmeo'; nearest: routed_demo"):
+        sweep.check_tasks(["routed_demo", "routed_dmeo"], ["routed_demo", "routed_aime24"])
+
+
+@pytest.mark.slow
+def test_sweep_refuses_an_unknown_task_before_loading(workspace, tmp_path, monkeypatch):
+    def must_not_load(*a, **k):
+        raise AssertionError("models were loaded for a sweep that cannot run")
+
+    monkeypatch.setattr(sweep, "build_runtime", must_not_load)
+    with pytest.raises(ConfigError, match="unknown task 'tiny_rooted'; nearest: tiny_routed"):
+        sweep.run_sweep(
+            [{"router": "llm-only"}],
+            ["tiny_rooted"],
+            tmp_path,
+            base=base(workspace),
+            include_path=str(workspace / "tasks"),
+        )
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--batch-size"])
+def test_demo_refuses_non_positive_counts(flag, capsys):
+    from lm_eval_routed.jobs import demo
+
+    with pytest.raises(SystemExit) as exit_:
+        demo.main([flag, "0"])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: '0' is not a positive integer" in capsys.readouterr().err
 
 
 def test_join_keeps_every_repeat_of_a_sample():

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs.leaderboard import write_leaderboard
 from lm_eval_routed.jobs.sweep import run_sweep
 from lm_eval_routed.paths import router_ckpts_dir
@@ -63,12 +65,19 @@ def matched_control(router: dict, run) -> dict:
     return at(round(min(1.0, p * target / realized), 2))
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def main(argv: list[str]) -> int:
     """Run the demo sweep and print the leaderboard."""
     ap = argparse.ArgumentParser(prog="lm-eval-routed demo", description=__doc__)
     ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    ap.add_argument("--limit", type=int, default=None, help="score only the first N docs")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--limit", type=_positive, default=None, help="score only the first N docs")
+    ap.add_argument("--batch-size", type=_positive, default=8)
     ap.add_argument("--task", default="routed_demo")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -88,11 +97,15 @@ def main(argv: list[str]) -> int:
     def run(*configs: dict) -> list[dict]:
         return run_sweep(list(configs), [args.task], out, base=base, limit=args.limit)
 
-    summaries = run(*demo_configs())
-    routers = [
-        s for s in summaries if s["config"]["router"] in ("r2r", "citer") and s["accounting"]
-    ]
-    summaries += [matched_control(r, lambda cfg: run(cfg)[0]) for r in routers]
+    try:
+        summaries = run(*demo_configs())
+        routers = [
+            s for s in summaries if s["config"]["router"] in ("r2r", "citer") and s["accounting"]
+        ]
+        summaries += [matched_control(r, lambda cfg: run(cfg)[0]) for r in routers]
+    except ConfigError as err:
+        print(f"lm-eval-routed demo: {err}", file=sys.stderr)
+        return 2
     print(write_leaderboard(summaries, out))
     print(f"leaderboard.md, leaderboard.csv and pareto.png written to {out}/")
     return 0

@@ -9,18 +9,22 @@ finished cell.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonlines
 
-from lm_eval_routed.config import RoutedConfig, load_config
+from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +70,29 @@ def run_sweep(
     todo = [c for c in cells if not cell_path(out, c).is_file()]
     if len(todo) < len(cells):
         log.info("resuming: %d of %d cells already done", len(cells) - len(todo), len(cells))
+    if todo:
+        from lm_eval.tasks import TaskManager
+
+        # one index for the whole sweep, and a misspelt task fails before any model loads
+        task_manager = TaskManager(include_path=include_path)
+        check_tasks(tasks, task_manager.all_tasks)
     shared: RoutedRuntime | None = None
     for i, cell in enumerate(todo, 1):
         log.info("[%d/%d] %s on %s", i, len(todo), cell.cfg.label, cell.task)
         shared = _runtime_for(cell.cfg, shared)
-        _run_cell(cell, shared, out, limit, include_path)
+        _run_cell(cell, shared, out, limit, task_manager)
     return [json.loads(cell_path(out, c).read_text()) for c in cells]
+
+
+def check_tasks(tasks: list[str], known: list[str]) -> None:
+    """Refuse task names lm-eval does not know, with the nearest known names."""
+    for task in tasks:
+        if task not in known:
+            near = difflib.get_close_matches(task, known, n=3) or ["(none close)"]
+            raise ConfigError(
+                f"unknown task {task!r}; nearest: {', '.join(near)} "
+                "(`lm_eval ls tasks` lists them all)"
+            )
 
 
 def _runtime_for(cfg: RoutedConfig, shared: RoutedRuntime | None) -> RoutedRuntime:
@@ -88,10 +109,9 @@ def _runtime_for(cfg: RoutedConfig, shared: RoutedRuntime | None) -> RoutedRunti
 
 
 def _run_cell(
-    cell: Cell, runtime: RoutedRuntime, out: Path, limit: int | None, include_path: str | None
+    cell: Cell, runtime: RoutedRuntime, out: Path, limit: int | None, task_manager: TaskManager
 ) -> None:
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     from lm_eval_routed.lm_eval_model import RoutedLM
 
@@ -101,7 +121,7 @@ def _run_cell(
         tasks=[cell.task],
         limit=limit,
         log_samples=True,
-        task_manager=TaskManager(include_path=include_path),
+        task_manager=task_manager,
         random_seed=runtime.cfg.seed,
     )
     samples = _join(results["samples"][cell.task], lm.records)
