@@ -24,6 +24,10 @@ class GenRequest:
     seed: int = 0  # per-sample: sampling and random routing never depend on the batch
     key: dict = field(default_factory=dict)  # accounting key (task, doc_id, repeat, prompt_hash)
 
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("GenRequest needs at least one prompt token (e.g. the BOS token)")
+
 
 @dataclass(frozen=True)
 class GenResult:

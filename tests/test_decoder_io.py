@@ -55,6 +55,18 @@ def test_no_room_for_prompt_is_a_config_error(make_runtime):
         rt.encode("hello", 32)
 
 
+def test_empty_prompt_starts_from_the_bos_token(make_runtime, tokenizer):
+    rt = make_runtime(router="random", p="0.5")
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    assert start is not None and rt.encode("", 4) == [start]
+    res = rt.generate(
+        [GenRequest(rt.encode("", 4), 4), GenRequest(tokenizer("ab")["input_ids"], 4)]
+    )
+    assert [len(r.token_ids) for r in res] == [4, 4]
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        GenRequest([], 4)
+
+
 def test_vocabulary_mismatch_is_a_config_error():
     tok = char_tokenizer()
     other = char_tokenizer()
