@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.accounting import CostModel, SampleTally
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.routers.base import Router, StepView
 from lm_eval_routed.rows import GenRequest, GenResult, Row, seeded_generator
@@ -98,10 +98,17 @@ class MixedDecoder:
             "llm": self.llm.new_cache(slots, capacity),
         }
         self.guess_record = [0, 0]
-        queue = deque(enumerate(requests))
+        results: list[GenResult | None] = [None] * len(requests)
+        for index, req in enumerate(requests):
+            if req.max_new_tokens < 1:  # nothing to write: no slot, no forward
+                results[index] = GenResult(
+                    "", [], "length", SampleTally().record(self.params, req.key)
+                )
+                if on_done is not None:
+                    on_done(index, results[index])
+        queue = deque((i, r) for i, r in enumerate(requests) if r.max_new_tokens > 0)
         free = list(range(slots - 1, -1, -1))
         active: list[Row] = []
-        results: list[GenResult | None] = [None] * len(requests)
         while queue or active:
             while queue and free:
                 active.append(self._admit(*queue.popleft(), slot=free.pop()))

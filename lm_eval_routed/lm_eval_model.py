@@ -281,6 +281,9 @@ class RoutedLM(TemplateLM):
             logits = llm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logp = F.log_softmax(logits.float(), dim=-1).cpu()
             for row, w, n in zip(logp, batch, n_conts[start : start + step]):
+                if n == 0:  # an empty continuation: log 1, and nothing to get wrong
+                    out.append((0.0, True))
+                    continue
                 span = row[len(w) - 1 - n : len(w) - 1]  # (n, V): predictions of the continuation
                 target = torch.tensor(w[-n:])
                 total = span.gather(-1, target[:, None]).sum().item()

@@ -67,6 +67,19 @@ def test_empty_prompt_starts_from_the_bos_token(make_runtime, tokenizer):
         GenRequest([], 4)
 
 
+def test_zero_new_tokens_writes_nothing_and_runs_no_forward(make_runtime, tokenizer):
+    rt = make_runtime(router="random", p="0.5", batch_size="2")
+    rt.decoder.trace = []
+    done = []
+    prompt = tokenizer("abc")["input_ids"]
+    res = rt.generate(
+        [GenRequest(prompt, 0), GenRequest(prompt, 3)], on_done=lambda i, r: done.append(i)
+    )
+    assert (res[0].text, res[0].token_ids, res[0].record.tokens) == ("", [], 0)
+    assert len(res[1].token_ids) == 3 and sorted(done) == [0, 1]
+    assert all(len(fed) == 1 for _, fed in rt.decoder.trace)  # only the 3-token request ran
+
+
 def test_vocabulary_mismatch_is_a_config_error():
     tok = char_tokenizer()
     other = char_tokenizer()

@@ -51,6 +51,14 @@ def test_loglikelihood_matches_direct_llm_scoring(lm, pair, tokenizer):
     )
 
 
+def test_empty_continuation_has_log_likelihood_zero(lm):
+    out = lm.loglikelihood(
+        [inst("loglikelihood", ("abc", "")), inst("loglikelihood", ("abc", "d"), doc_id=1)],
+        disable_tqdm=True,
+    )
+    assert out[0] == (0.0, True) and out[1][0] < 0
+
+
 def test_rolling_loglikelihood_is_negative_and_recorded(lm):
     (total,) = lm.loglikelihood_rolling(
         [inst("loglikelihood_rolling", ("hello world",))], disable_tqdm=True
