@@ -240,3 +240,15 @@ def test_label_cli_runs_on_saved_models(tmp_path, pair, tokenizer, stop_char):
     assert meta["queries"] == 3 and meta["top_k"] == 8 and meta["hidden_size"] == 64
     bad = [*argv[:7], "--prompt-field", "nope", *argv[9:]]
     assert main(bad) == 2
+
+
+def test_train_refuses_a_folder_without_labels_before_loading(tmp_path, monkeypatch, capsys):
+    from lm_eval_routed.training import cli
+
+    def no_loading(*a, **k):
+        raise AssertionError("the SLM was loaded before --data was checked")
+
+    monkeypatch.setattr(cli, "load_pair_model", no_loading)
+    code = cli.main(["r2r", "--slm", "demo:slm", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert code == 2
+    assert "is not an R2R label dataset (no meta.json)" in capsys.readouterr().err

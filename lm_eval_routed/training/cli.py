@@ -136,8 +136,9 @@ def r2r_label(args) -> dict:
 
 def r2r(args) -> dict:
     """Train the R2R router."""
-    from lm_eval_routed.training.r2r_train import R2RArch, train_r2r
+    from lm_eval_routed.training.r2r_train import R2RArch, dataset_folder, train_r2r
 
+    dataset_folder(Path(args.data))  # a wrong --data fails before the SLM loads
     slm, _ = load_pair_model(args.slm, args.dtype, args.device)
     arch = R2RArch(args.width, args.blocks, args.dropout)
     return train_r2r(

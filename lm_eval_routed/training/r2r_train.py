@@ -44,15 +44,21 @@ class R2RArch:
     dropout: float = 0.1
 
 
-def load_dataset(folder: Path) -> tuple[Batch, dict]:
-    """The labelled rows and ``meta.json`` of a dataset folder (or of a label work folder)."""
+def dataset_folder(folder: Path) -> Path:
+    """The label dataset in ``folder`` (a dataset folder, or a label work folder holding one)."""
     if (folder / "dataset" / "meta.json").is_file():
         folder = folder / "dataset"
-    meta_file = folder / "meta.json"
-    if not meta_file.is_file():
+    if not (folder / "meta.json").is_file():
         raise ConfigError(
             f"{folder} is not an R2R label dataset (no meta.json); run train r2r-label"
         )
+    return folder
+
+
+def load_dataset(folder: Path) -> tuple[Batch, dict]:
+    """The labelled rows and ``meta.json`` of a dataset folder (or of a label work folder)."""
+    folder = dataset_folder(folder)
+    meta_file = folder / "meta.json"
     data = load_shards(folder)
     data["label"] = data["label"].float()
     return data, json.loads(meta_file.read_text())
