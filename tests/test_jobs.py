@@ -66,8 +66,10 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
     assert rows["random p=0.5"]["activated_params"] < rows["llm-only"]["activated_params"]
 
 
-def test_unknown_task_names_the_nearest():
+def test_unknown_task_names_the_nearest(tmp_path):
     sweep.check_tasks(["routed_demo"], ["routed_demo", "routed_aime24"])
+    (tmp_path / "mine.yaml").write_text("task: mine\n")
+    sweep.check_tasks([str(tmp_path / "mine.yaml")], [])  # lm-eval takes a task YAML's path
     with pytest.raises(ConfigError, match="unknown task 'routed_dmeo'; nearest: routed_demo"):
         sweep.check_tasks(["routed_demo", "routed_dmeo"], ["routed_demo", "routed_aime24"])
 
