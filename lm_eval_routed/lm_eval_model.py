@@ -270,24 +270,30 @@ class RoutedLM(TemplateLM):
 
     @torch.inference_mode()
     def _score(self, windows: list[list[int]], n_conts: list[int], quiet: bool):
-        """(sum log p(continuation), continuation is greedy) for each token window, batched."""
-        llm, out = self.runtime.llm, []
-        step = self.cfg.batch_size
-        for start in tqdm(range(0, len(windows), step), desc="routed loglikelihood", disable=quiet):
-            batch = windows[start : start + step]
+        """(sum log p(continuation), continuation is greedy) for each token window, batched.
+
+        Longest windows first, as lm-eval's ``hf`` does: batches of like lengths pad less, and a
+        batch too large for memory fails at once. Only the continuation's positions are normalized.
+        """
+        llm, step = self.runtime.llm, self.cfg.batch_size
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(windows)  # empty continuations stay
+        for start in tqdm(range(0, len(order), step), desc="routed loglikelihood", disable=quiet):
+            picked = order[start : start + step]
+            batch = [windows[i] for i in picked]
             width = max(len(w) - 1 for w in batch)
             ids = torch.tensor([w[:-1] + [0] * (width - len(w) + 1) for w in batch])
             mask = torch.tensor([[1] * (len(w) - 1) + [0] * (width - len(w) + 1) for w in batch])
             logits = llm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logp = F.log_softmax(logits.float(), dim=-1).cpu()
-            for row, w, n in zip(logp, batch, n_conts[start : start + step]):
-                if n == 0:  # an empty continuation: log 1, and nothing to get wrong
-                    out.append((0.0, True))
+            for row, i in zip(logits, picked):
+                w, n = windows[i], n_conts[i]
+                if n == 0:
                     continue
-                span = row[len(w) - 1 - n : len(w) - 1]  # (n, V): predictions of the continuation
+                # (n, V): the predictions of the continuation's tokens
+                span = F.log_softmax(row[len(w) - 1 - n : len(w) - 1].float(), dim=-1).cpu()
                 target = torch.tensor(w[-n:])
                 total = span.gather(-1, target[:, None]).sum().item()
-                out.append((total, bool((span.argmax(-1) == target).all())))
+                out[i] = (total, bool((span.argmax(-1) == target).all()))
         return out
 
     def _keep_scored(self, key: dict, llm_tokens: int) -> None:

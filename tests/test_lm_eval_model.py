@@ -51,6 +51,17 @@ def test_loglikelihood_matches_direct_llm_scoring(lm, pair, tokenizer):
     )
 
 
+def test_batched_loglikelihood_keeps_request_order(lm):
+    # mixed lengths: the batch is scored longest first, answers come back in request order
+    pairs = [("a", "bc"), ("abcdefghij", "k"), ("ab", "cdefg"), ("abcde", "f"), ("x", "y")]
+    reqs = [inst("loglikelihood", p, doc_id=i) for i, p in enumerate(pairs)]
+    batched = lm.loglikelihood(reqs, disable_tqdm=True)
+    alone = [lm.loglikelihood([r], disable_tqdm=True)[0] for r in reqs]
+    assert [b[1] for b in batched] == [a[1] for a in alone]
+    assert [b[0] for b in batched] == pytest.approx([a[0] for a in alone], abs=1e-4)
+    assert len({round(b[0], 3) for b in batched}) == len(pairs)  # distinct, so order is checked
+
+
 def test_empty_continuation_has_log_likelihood_zero(lm):
     out = lm.loglikelihood(
         [inst("loglikelihood", ("abc", "")), inst("loglikelihood", ("abc", "d"), doc_id=1)],
