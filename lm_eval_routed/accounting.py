@@ -115,6 +115,37 @@ class SampleTally:
         )
 
 
+def bare(record: dict[str, Any]) -> dict[str, Any]:
+    """A record dict without its join key, as sample logs carry it beside the sample."""
+    return {k: v for k, v in record.items() if k != "key"}
+
+
+def records_by_sample(
+    samples: list[dict[str, Any]], docs: dict[Any, list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """Each lm-eval logged sample's records, from ``docs`` (request doc id -> its record dicts).
+
+    Requests carry a doc's position among the evaluated docs, while lm-eval logs the sample under its
+    index in the dataset; the two differ when ``--samples`` picks docs. So a sample takes the records
+    of its own doc id when their prompt is the sample's, and otherwise those of the first doc not yet
+    taken whose prompt it is (docs in order, so repeated prompts pair up in order too).
+    """
+    docs = {doc: recs for doc, recs in docs.items() if recs}
+    by_prompt: dict[str, list[Any]] = {}
+    for doc in sorted(docs, key=lambda d: (d is None, d)):
+        by_prompt.setdefault(docs[doc][0]["key"].get("prompt_hash"), []).append(doc)
+    taken: set[Any] = set()
+    out = []
+    for sample in samples:
+        doc, prompt = sample.get("doc_id"), sample.get("prompt_hash")
+        own = docs.get(doc)
+        if own is None or prompt is not None and own[0]["key"].get("prompt_hash") != prompt:
+            doc = next((d for d in by_prompt.get(prompt, []) if d not in taken), None)
+        taken.add(doc)
+        out.append(docs.get(doc, []))
+    return out
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -27,7 +27,7 @@ from lm_eval.utils import (
 )
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import SampleTally
+from lm_eval_routed.accounting import SampleTally, bare, records_by_sample
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
@@ -334,38 +334,20 @@ def _key(inst, repeat_of: dict[tuple, int], context: str) -> dict[str, Any]:
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:
-    return {**record["key"], **{k: v for k, v in record.items() if k != "key"}}
+    return {**record["key"], **bare(record)}
 
 
 def _records_of(task_name: str, samples: list[dict]) -> list[list[dict[str, Any]]]:
-    """Each logged sample's records.
-
-    Requests carry a doc's position among the evaluated docs, while lm-eval logs the sample under its
-    index in the dataset; the two differ when ``--samples`` picks docs. So a sample takes the records
-    of its own doc id when their prompt is the sample's, and otherwise those of the first doc not yet
-    taken whose prompt it is (docs in order, so repeated prompts pair up in order too).
-    """
-    docs = {doc: recs for (task, doc), recs in RECORDS.items() if task == task_name and recs}
-    by_prompt: dict[str, list[Any]] = defaultdict(list)
-    for doc in sorted(docs, key=lambda d: (d is None, d)):
-        by_prompt[docs[doc][0]["key"].get("prompt_hash")].append(doc)
-    taken: set[Any] = set()
-    out = []
-    for sample in samples:
-        doc, prompt = sample.get("doc_id"), sample.get("prompt_hash")
-        own = docs.get(doc)
-        if own is None or prompt is not None and own[0]["key"].get("prompt_hash") != prompt:
-            doc = next((d for d in by_prompt.get(prompt, []) if d not in taken), None)
-        taken.add(doc)
-        out.append(docs.get(doc, []))
-    return out
+    """Each logged sample of ``task_name``'s records, from those kept in ``RECORDS``."""
+    docs = {doc: recs for (task, doc), recs in RECORDS.items() if task == task_name}
+    return records_by_sample(samples, docs)
 
 
 def attach_records(tracker, task_name: str, samples: list[dict]) -> None:
     """Add each sample's records under ``"routed"`` and write ``routed_<task>_<date>.jsonl`` beside."""
     rows = []
     for sample, records in zip(samples, _records_of(task_name, samples)):
-        sample["routed"] = [{k: v for k, v in r.items() if k != "key"} for r in records]
+        sample["routed"] = [bare(r) for r in records]
         rows += [{**_flat(r), "doc_id": sample.get("doc_id")} for r in records]  # lm-eval's doc id
     if not tracker.output_path or not rows:
         return

@@ -221,6 +221,7 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
             if not args.cases or any(k in c[0] for k in args.cases)
         ]
         samples: dict[str, list[dict]] = defaultdict(list)
+        done: list[dict] = []  # this batch's rows over the repeats so far
         # warm-up repeats (GPU: kernel selection for every new shape) run the same work, unrecorded
         for rep in range(-args.warmup, args.repeats):
             started = time.perf_counter()
@@ -252,9 +253,10 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
                 flush=True,
             )
             if rep >= 0:
-                save({"rows": rows + _rows(batch, samples), "repeats": args.repeats})
-        rows += _rows(batch, samples)
-        for row in rows[-len(samples) :]:
+                done = _rows(batch, samples)
+                save({"rows": rows + done, "repeats": args.repeats})
+        rows += done
+        for row in done:
             print(format_row(row), flush=True)
     return {"rows": rows, "repeats": args.repeats}
 
@@ -439,11 +441,11 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
 
-    save(bench_decoding(rt_for, args, save))
+    decoding = bench_decoding(rt_for, args, save)
     if not args.skip_lm_eval:
         report["lm_eval"] = bench_lm_eval(args)
     report["complete"] = True
-    save(report["decoding"])
+    save(decoding)
     if args.json:
         print(f"wrote {args.json}")
 

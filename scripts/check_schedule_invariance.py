@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,12 +42,7 @@ SCHEDULES = {"batch 8": (8, 0), "batch 8, llm_min_batch=1": (8, 1)}
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     """Tokens two outputs share from the start."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return len(os.path.commonprefix([a, b]))
 
 
 def main() -> None:

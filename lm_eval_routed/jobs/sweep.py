@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonlines
 
+from lm_eval_routed.accounting import bare, records_by_sample
 from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime
 
@@ -151,16 +152,15 @@ def _join(samples: list[dict], records: list[dict]) -> list[dict]:
         if rec.get("scored_by") == "generate":
             by_doc.setdefault(rec["key"].get("doc_id"), []).append(rec)
     rows = []
-    for sample in samples:
+    for sample, recs in zip(samples, records_by_sample(samples, by_doc)):
         metrics = {k: v for k, v in sample.items() if isinstance(v, int | float) and k != "doc_id"}
-        recs = by_doc.get(sample["doc_id"], [])
         rows.append(
             {
                 "doc_id": sample["doc_id"],
                 "prompt_hash": sample.get("prompt_hash"),
                 "metrics": metrics,
                 "response": (sample.get("filtered_resps") or [None])[0],
-                "routed": [{k: v for k, v in r.items() if k != "key"} for r in recs],
+                "routed": [bare(r) for r in recs],
             }
         )
     return rows

@@ -38,21 +38,36 @@ def resolve(ref: str | None, kind: str) -> Path:
 Loaded = tuple[dict[str, Any], dict[str, torch.Tensor], Path]
 
 
+def check(ref: str | None, kind: str) -> None:
+    """Refuse a checkpoint that is missing or not of ``kind``; a folder's tensors are not read."""
+    path = resolve(ref, kind)
+    if path.is_dir():
+        _folder_config(path, kind)
+    else:
+        load(ref, kind)  # an official .pt holds its kind beside its tensors
+
+
 def load(ref: str | None, kind: str) -> Loaded:
     """(config, state_dict, file holding the weights) of a router checkpoint of ``kind``."""
     path = resolve(ref, kind)
     if path.is_dir():
-        cfg_file, weights = path / "config.json", path / "model.safetensors"
-        if not (cfg_file.is_file() and weights.is_file()):
-            raise ConfigError(f"{path} must hold config.json and model.safetensors")
-        cfg = json.loads(cfg_file.read_text())
-        state = load_file(weights)
-    else:
-        cfg, state, weights = _load_official(path), None, path
-        state = cfg.pop("state_dict")
+        weights = path / "model.safetensors"
+        return _folder_config(path, kind), load_file(weights), weights
+    cfg = _of_kind(_load_official(path), path, kind)
+    return cfg, cfg.pop("state_dict"), path
+
+
+def _folder_config(path: Path, kind: str) -> dict[str, Any]:
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    if not (cfg_file.is_file() and weights.is_file()):
+        raise ConfigError(f"{path} must hold config.json and model.safetensors")
+    return _of_kind(json.loads(cfg_file.read_text()), path, kind)
+
+
+def _of_kind(cfg: dict[str, Any], path: Path, kind: str) -> dict[str, Any]:
     if cfg.get("kind") != kind:
         raise ConfigError(f"{path} is a {cfg.get('kind')!r} router checkpoint, not {kind!r}")
-    return cfg, state, weights
+    return cfg
 
 
 def _load_official(path: Path) -> dict[str, Any]:

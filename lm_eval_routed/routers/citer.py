@@ -59,13 +59,9 @@ class CiterRouter(Router):
         return {**super().info(), **self._info}
 
 
-def _load(cfg: RoutedConfig) -> checkpoint.Loaded:
-    return checkpoint.load(cfg.router_ckpt, "citer")
-
-
-@register_router("citer", check=_load)
+@register_router("citer", check=lambda cfg: checkpoint.check(cfg.router_ckpt, "citer"))
 def _citer(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = _load(cfg)
+    ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "citer")
     checkpoint.check_fits(ckpt, slm, "citer")
     net = CiterNet(ckpt["hidden_size"])
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -175,13 +175,9 @@ class R2RRouter(Router):
 ARCH_KEYS = ("hidden_size", "width", "blocks", "top_k")
 
 
-def _load(cfg: RoutedConfig) -> checkpoint.Loaded:
-    return checkpoint.load(cfg.router_ckpt, "r2r")
-
-
-@register_router("r2r", check=_load)
+@register_router("r2r", check=lambda cfg: checkpoint.check(cfg.router_ckpt, "r2r"))
 def _r2r(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = _load(cfg)
+    ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")
     official = ckpt.get("official_model_type")
     if official not in (None, OFFICIAL_TYPE) and "hidden_size" not in ckpt:
         raise ConfigError(
