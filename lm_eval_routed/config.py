@@ -34,6 +34,7 @@ class RoutedConfig:
     router_ckpt: str | None = None
     gamma: int = 4  # speculative: draft length
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    slm_dtype: str | None = None  # the SLM's own dtype; None = dtype
     device: str = "auto"  # auto: cuda if available else cpu
     batch_size: int = 1
     max_length: int | None = None  # prompt + generation budget; default: the LLM's context size
@@ -57,6 +58,8 @@ class RoutedConfig:
 
     def __post_init__(self) -> None:
         _check_choice("dtype", self.dtype, DTYPES)
+        if self.slm_dtype is not None:
+            _check_choice("slm_dtype", self.slm_dtype, DTYPES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p={self.p} is out of range; give a rate between 0 and 1")

@@ -44,7 +44,8 @@ class RoutedRuntime:
     router: Router
     decoder: MixedDecoder
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # the LLM's
+    slm_dtype: torch.dtype
     params_slm: ParamCount
     params_llm: ParamCount
 
@@ -98,6 +99,7 @@ class RoutedRuntime:
                 "llm": self.cfg.llm,
                 **self.router.info(),
                 "dtype": str(self.dtype).removeprefix("torch."),
+                "slm_dtype": str(self.slm_dtype).removeprefix("torch."),
                 "device": str(self.device),
                 "batch_size": self.cfg.batch_size,
                 "llm_min_batch": self.cfg.llm_min_batch,
@@ -142,10 +144,13 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     check_router(cfg)  # a typo or a missing checkpoint fails before minutes of loading
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    slm_dtype = resolve_dtype(cfg.slm_dtype or cfg.dtype, device)
     if slm is None or llm is None:
         llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
-        slm, slm_tok = load_model(cfg.slm, dtype, device, cfg.trust_remote_code)
+        slm, slm_tok = load_model(cfg.slm, slm_dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
+    else:  # models handed in: their own dtypes are what runs
+        dtype, slm_dtype = llm.dtype, slm.dtype
     # patched on the model objects: whatever else runs them (plain generate, lm-eval's hf) follows
     for model in (slm, llm):
         if cfg.prepack:
@@ -174,7 +179,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
     )
     return RoutedRuntime(
-        cfg, slm, llm, tokenizer, router, decoder, device, dtype, params_slm, params_llm
+        cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm
     )
 
 

@@ -359,6 +359,7 @@ def main() -> None:
         help="batch > 1: also run each pause-and-batch case at llm_min_batch=N (named '... min=N')",
     )
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--slm-dtype", help="the SLM's own dtype (default: --dtype)")
     ap.add_argument(
         "--warmup", type=int, help="unrecorded repeats first (default: 1 on GPU, 0 on CPU)"
     )
@@ -397,6 +398,7 @@ def main() -> None:
             {
                 "config": args.config,
                 "dtype": args.dtype,
+                "slm_dtype": args.slm_dtype,
                 "cost_slm": "0:0",
                 "cost_llm": "0:0",
                 "prepack": not args.no_prepack,
@@ -426,6 +428,7 @@ def main() -> None:
     report = {
         "device": str(first.device),
         "dtype": str(first.dtype),
+        "slm_dtype": str(first.slm_dtype),
         "prepacked": first.prepacked,
         "attention": args.attention,
         "repeat_kv": args.repeat_kv,

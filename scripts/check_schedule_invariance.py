@@ -51,6 +51,7 @@ def main() -> None:
     )
     ap.add_argument("--config", default="demo", help="preset or YAML holding slm/llm")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--slm-dtype", help="the SLM's own dtype (default: --dtype)")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=96, help="max new tokens per sample")
     ap.add_argument("--policies", nargs="+", help="only policies whose name contains one of these")
@@ -60,7 +61,8 @@ def main() -> None:
     chosen = [n for n in POLICIES if not args.policies or any(k in n for k in args.policies)]
     if not chosen:
         sys.exit(f"--policies {' '.join(args.policies)} matches none of: {', '.join(POLICIES)}")
-    base = {"config": args.config, "dtype": args.dtype, "cost_slm": "0:0", "cost_llm": "0:0"}
+    base = {"config": args.config, "dtype": args.dtype, "slm_dtype": args.slm_dtype}
+    base |= {"cost_slm": "0:0", "cost_llm": "0:0"}
     first = build_runtime(load_config(base))
     rows = []
     for name in chosen:
@@ -92,6 +94,7 @@ def main() -> None:
             )
     if args.json:
         report = {"device": str(first.device), "dtype": str(first.dtype), "rows": rows}
+        report["slm_dtype"] = str(first.slm_dtype)
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
 
