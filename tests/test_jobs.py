@@ -90,6 +90,26 @@ def test_sweep_refuses_an_unknown_task_before_loading(workspace, tmp_path, monke
         )
 
 
+def test_sweep_refuses_two_configs_with_one_label(tmp_path):
+    # same router and knob, another batch size: both would land in runs/llm-only/ and the second
+    # would be skipped as done
+    configs = [{"router": "llm-only"}, {"router": "llm-only", "batch_size": 4}]
+    with pytest.raises(ConfigError, match="both labelled 'llm-only'; give each its own name="):
+        sweep.run_sweep(configs, ["routed_demo"], tmp_path)
+    named = [configs[0], {**configs[1], "name": "llm-only b=4"}]
+    sweep.check_labels([sweep.load_config(c) for c in named])
+    sweep.check_labels([sweep.load_config(configs[0])] * 2)  # a repeated config is one cell
+
+
+def test_sweep_reloads_models_when_their_dtype_changes(make_runtime, monkeypatch):
+    shared = make_runtime(router="llm-only")
+    loaded = []
+    monkeypatch.setattr(sweep, "build_runtime", lambda cfg, **kw: loaded.append(kw) or shared)
+    sweep._runtime_for(shared.cfg.replace(router="random"), shared)
+    sweep._runtime_for(shared.cfg.replace(slm_dtype="bfloat16"), shared)
+    assert [bool(kw) for kw in loaded] == [True, False]  # weights reused, then loaded afresh
+
+
 @pytest.mark.parametrize("flag", ["--limit", "--batch-size"])
 def test_demo_refuses_non_positive_counts(flag, capsys):
     from lm_eval_routed.jobs import demo

@@ -67,7 +67,9 @@ def run_sweep(
     include_path: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every (config, task) cell not already on disk; return all cell summaries."""
-    cells = [Cell(load_config({**(base or {}), **c}), t) for c in configs for t in tasks]
+    cfgs = [load_config({**(base or {}), **c}) for c in configs]
+    check_labels(cfgs)
+    cells = [Cell(cfg, t) for cfg in cfgs for t in tasks]
     todo = [c for c in cells if not cell_path(out, c).is_file()]
     if len(todo) < len(cells):
         log.info("resuming: %d of %d cells already done", len(cells) - len(todo), len(cells))
@@ -97,8 +99,26 @@ def check_tasks(tasks: list[str], known: list[str]) -> None:
             )
 
 
+def check_labels(cfgs: list[RoutedConfig]) -> None:
+    """Refuse two configurations that would share one results folder (and so one cell)."""
+    seen: dict[str, RoutedConfig] = {}
+    for cfg in cfgs:
+        slug = Cell(cfg, "").slug
+        if slug in seen and seen[slug] != cfg:
+            raise ConfigError(
+                f"two configurations of this sweep are both labelled {cfg.label!r}; "
+                "give each its own name= so their results do not overwrite each other"
+            )
+        seen[slug] = cfg
+
+
+# config keys that decide which weights a runtime holds: cells that agree on them share one load
+_LOAD_KEYS = ("slm", "llm", "dtype", "slm_dtype", "device", "trust_remote_code")
+
+
 def _runtime_for(cfg: RoutedConfig, shared: RoutedRuntime | None) -> RoutedRuntime:
-    if shared is None or (shared.cfg.slm, shared.cfg.llm) != (cfg.slm, cfg.llm):
+    same = shared is not None and all(getattr(shared.cfg, k) == getattr(cfg, k) for k in _LOAD_KEYS)
+    if not same:
         return build_runtime(cfg)
     # same pair: reuse the loaded weights and the first cell's measured costs (stable modeled latency)
     costs = shared.decoder.costs
@@ -174,5 +194,8 @@ def summarize(records: list[dict]) -> dict[str, float]:
 
 
 def _config_dict(cfg: RoutedConfig) -> dict[str, Any]:
-    keys = ("slm", "llm", "router", "threshold", "p", "router_ckpt", "gamma", "batch_size", "seed")
+    keys = (
+        *("slm", "llm", "router", "threshold", "p", "router_ckpt", "gamma", "batch_size", "seed"),
+        *("dtype", "slm_dtype", "llm_min_batch", "guess_ahead", "schedule"),
+    )
     return {k: getattr(cfg, k) for k in keys}
