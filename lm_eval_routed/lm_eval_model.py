@@ -1,8 +1,9 @@
 """`routed` for lm-evaluation-harness: a thin translation of lm-eval requests onto the MixedDecoder.
 
 Generation goes through the shared ``RoutedRuntime``; log-likelihood requests are scored by the LLM
-alone (and their accounting says so). Each sample's accounting record is kept in ``RECORDS`` until
-lm-eval writes its sample log, where ``attach_records`` adds it under the key ``"routed"`` and writes
+alone (and their accounting says so), an empty context after BOS as lm-eval's ``hf`` scores it. Each
+sample's accounting record is kept in ``RECORDS`` (the latest evaluation of each task) until lm-eval
+writes its sample log, where ``attach_records`` adds it under the key ``"routed"`` and writes
 the project's own JSONL beside it.
 """
 
@@ -34,8 +35,10 @@ from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
 
 log = logging.getLogger(__name__)
 
-# (task, doc_id) -> accounting dicts in request order; read when lm-eval saves its samples.
-RECORDS: dict[tuple[str | None, int | None], list[dict[str, Any]]] = defaultdict(list)
+# task -> doc_id -> accounting dicts in request order, from the latest call that served the task;
+# read when lm-eval saves its samples. A later evaluation of a task replaces its records, so a
+# process that evaluates a task twice logs each run's own and holds one run's worth at most.
+RECORDS: dict[str | None, dict[int | None, list[dict[str, Any]]]] = {}
 _GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
 
 
@@ -119,6 +122,11 @@ class RoutedLM(TemplateLM):
     @property
     def eot_token_id(self) -> int:
         return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """The token an empty context is scored after: BOS, else EOS, as generation and ``hf`` use."""
+        return self.runtime.start_token_id
 
     @property
     def max_length(self) -> int:
@@ -224,8 +232,11 @@ class RoutedLM(TemplateLM):
         everyone = (
             [r for part in self.gather_object(mine) for r in part] if self.accelerator else mine
         )
+        fresh: dict[str | None, dict[int | None, list[dict[str, Any]]]] = {}
         for record in everyone:
-            RECORDS[(record["key"].get("task"), record["key"].get("doc_id"))].append(record)
+            docs = fresh.setdefault(record["key"].get("task"), {})
+            docs.setdefault(record["key"].get("doc_id"), []).append(record)
+        RECORDS.update(fresh)  # lm-eval serves each task's requests of a run in one call
 
     # -- log-likelihood: the LLM scores, the accounting says so ---------------------------------
 
@@ -339,8 +350,7 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
 
 def _records_of(task_name: str, samples: list[dict]) -> list[list[dict[str, Any]]]:
     """Each logged sample of ``task_name``'s records, from those kept in ``RECORDS``."""
-    docs = {doc: recs for (task, doc), recs in RECORDS.items() if task == task_name}
-    return records_by_sample(samples, docs)
+    return records_by_sample(samples, RECORDS.get(task_name, {}))
 
 
 def attach_records(tracker, task_name: str, samples: list[dict]) -> None:

@@ -64,17 +64,20 @@ class RoutedRuntime:
             return self.cfg.max_length
         return int(getattr(self.llm.config, "max_position_embeddings", 4096))
 
+    @property
+    def start_token_id(self) -> int:
+        """What an empty prompt or context starts from: BOS, else EOS (lm-eval's ``hf`` does the same)."""
+        start = self.tokenizer.bos_token_id
+        start = self.tokenizer.eos_token_id if start is None else start
+        if start is None:
+            raise ConfigError("an empty prompt needs a BOS or EOS token; this tokenizer has none")
+        return start
+
     def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
         """Token ids of ``prompt``, truncated from the left to leave room for the generation."""
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if not ids:  # an empty prompt: start from the token a document starts with, as lm-eval does
-            start = self.tokenizer.bos_token_id
-            start = self.tokenizer.eos_token_id if start is None else start
-            if start is None:
-                raise ConfigError(
-                    "an empty prompt needs a BOS or EOS token; this tokenizer has none"
-                )
-            ids = [start]
+            ids = [self.start_token_id]
         room = self.max_length - max_new_tokens
         if room < 1:
             raise ConfigError(

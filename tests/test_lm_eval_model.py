@@ -85,11 +85,36 @@ def test_generate_until_respects_until_and_keys_repeats(lm):
     assert [k["repeat"] for k in keys] == [0, 1] and {k["doc_id"] for k in keys} == {3}
 
 
+def test_a_later_evaluation_replaces_a_tasks_records(lm, monkeypatch):
+    from lm_eval_routed import lm_eval_model
+
+    monkeypatch.setattr(lm_eval_model, "RECORDS", {})
+    req = inst("generate_until", ("Q: 2+2\nA:", {"until": ["\n"], "max_gen_toks": 4}), doc_id=3)
+    lm.generate_until([req, req], disable_tqdm=True)
+    first = lm_eval_model.RECORDS["t"][3]
+    lm.generate_until([req], disable_tqdm=True)  # a second run in the same process
+    assert len(first) == 2 and lm_eval_model.RECORDS["t"][3] == [lm.records[-1]]
+    logged = lm_eval_model._records_of("t", [{"doc_id": 3, "prompt_hash": None}])
+    assert logged == [[lm.records[-1]]]  # the sample log gets this run's record, not three
+
+
+def test_empty_context_is_scored_after_bos_as_hf_does(pair, tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.bos_token = "<unk>"  # a BOS distinct from EOS, so the two choices score differently
+    cfg = load_config({"router": "llm-only", "cost_slm": "0:0", "cost_llm": "0:0"})
+    lm = RoutedLM.from_runtime(build_runtime(cfg, slm=pair[0], llm=pair[1], tokenizer=tok))
+    assert lm.prefix_token_id == tok.bos_token_id != tok.eos_token_id
+    ((logp, _),) = lm.loglikelihood([inst("loglikelihood", ("", "ab"))], disable_tqdm=True)
+    ids = [tok.bos_token_id, *tok("ab")["input_ids"]]
+    with torch.no_grad():
+        out = torch.log_softmax(pair[1](torch.tensor([ids[:-1]])).logits[0], -1)
+    assert logp == pytest.approx((out[0, ids[1]] + out[1, ids[2]]).item(), abs=1e-4)
+    assert lm.runtime.encode("", 4) == [tok.bos_token_id]  # generation starts from the same token
+
+
 def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
     """Requests carry a doc's position among the evaluated docs; lm-eval logs its dataset index,
     which differs under ``--samples``. Each logged sample must still get its own doc's records."""
-    from collections import defaultdict
-
     from lm_eval_routed import lm_eval_model
 
     def doc(position: int, prompt: str) -> list[dict]:
@@ -97,7 +122,7 @@ def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
             {"tokens": position, "key": {"task": "t", "doc_id": position, "prompt_hash": prompt}}
         ]
 
-    records = defaultdict(list, {("t", i): doc(i, p) for i, p in enumerate(["hA", "hB", "hA"])})
+    records = {"t": {i: doc(i, p) for i, p in enumerate(["hA", "hB", "hA"])}}
     monkeypatch.setattr(lm_eval_model, "RECORDS", records)
 
     def tokens(logged: list[tuple[int, str]]) -> list[list[int]]:
