@@ -56,6 +56,12 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
         include_path=str(workspace / "tasks"),
     )
     assert again == first
+    # the same labels under other settings would be stale results: refused, not reused
+    with pytest.raises(ConfigError, match=r"run with limit=3, not 2; write to another output"):
+        sweep.run_sweep(configs, ["tiny_routed"], out, base=base(workspace), limit=2)
+    renamed = [{"router": "random", "p": 0.2, "name": "random p=0.5"}]
+    with pytest.raises(ConfigError, match=r"holds 'random p=0.5' run with p=0.5, not 0.2"):
+        sweep.run_sweep(renamed, ["tiny_routed"], out, base=base(workspace), limit=3)
 
     text = write_leaderboard(first, tmp_path / "board")
     assert "random p=0.5" in text and (tmp_path / "board" / "pareto.png").stat().st_size > 1000

@@ -4,7 +4,8 @@ Each finished (config, task) cell is written to ``OUT/runs/<config-slug>/<task>.
 metrics plus a per-run accounting summary) and ``<task>.samples.jsonl`` (one line per sample: doc id,
 prompt hash, metrics, and the accounting of each of its generations, one per repeat). A cell whose
 JSON exists is skipped, so an interrupted sweep picks up where it stopped and never recomputes a
-finished cell.
+finished cell; one whose JSON says it ran under other settings (another ``limit``, or another
+configuration under the same label) is refused rather than passed off as this one.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run_sweep(
     cfgs = [load_config({**(base or {}), **c}) for c in configs]
     check_labels(cfgs)
     cells = [Cell(cfg, t) for cfg in cfgs for t in tasks]
-    todo = [c for c in cells if not cell_path(out, c).is_file()]
+    todo = [c for c in cells if not _done(out, c, limit)]
     if len(todo) < len(cells):
         log.info("resuming: %d of %d cells already done", len(cells) - len(todo), len(cells))
     if todo:
@@ -85,6 +86,25 @@ def run_sweep(
         shared = _runtime_for(cell.cfg, shared)
         _run_cell(cell, shared, out, limit, task_manager)
     return [json.loads(cell_path(out, c).read_text()) for c in cells]
+
+
+def _done(out: Path, cell: Cell, limit: int | None) -> bool:
+    """Whether ``cell`` is on disk; a cell scored under other settings is refused, not reused."""
+    path = cell_path(out, cell)
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text())
+    now = {**_config_dict(cell.cfg), "limit": limit}
+    # keys a cell written by an older version lacks are not compared
+    before = {**stored.get("config", {}), "limit": stored.get("limit", limit)}
+    changed = sorted(k for k in now if k in before and before[k] != now[k])
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"{path} holds {cell.cfg.label!r} run with {key}={before[key]!r}, not {now[key]!r}; "
+            "write to another output folder, delete that cell to score it again, or name= it apart"
+        )
+    return True
 
 
 def check_tasks(tasks: list[str], known: list[str]) -> None:
@@ -157,6 +177,7 @@ def _run_cell(
         "config": _config_dict(cell.cfg),
         "metrics": results["results"][cell.task],
         "n_samples": len(samples),
+        "limit": limit,
         "accounting": summarize([rec for s in samples for rec in s["routed"]]),
         "run_info": runtime.info()["routed"],
     }
