@@ -6,18 +6,17 @@ rows a decode step has: on the 2-core AMD machine we measured, the demo pair's 4
 same prepacking ``torch.compile``'s CPU freezing does), and whole forwards ran ~1.5x faster. Decoding
 does mostly such steps, so both models of a routed run on CPU are prepacked by default (``prepack``).
 
-Prepacking patches each ``nn.Linear``'s ``forward`` on the module itself, so everything that runs the
-model object (plain ``generate``, lm-eval's ``hf`` over it, the benchmark's baselines) gets the same
-kernels and comparisons stay fair. Parameters, ``state_dict`` and training are untouched: the packed copy
-is used only under no-grad on CPU in the packed dtype, and is rebuilt if the weight changes. It holds a
-second copy of every linear weight in memory.
+Prepacking turns each ``nn.Linear`` of the model into a ``PackedLinear`` in place, so everything that
+runs the model object (plain ``generate``, lm-eval's ``hf`` over it, the benchmark's baselines) gets the
+same kernels and comparisons stay fair. Parameters, ``state_dict`` and training are untouched: the
+packed copy is used only under no-grad on CPU, and is rebuilt if the weight changes or is cast. It holds
+a second copy of every linear weight in memory.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import types
 
 import torch
 import torch.nn.functional as F
@@ -47,45 +46,73 @@ def supported(dtype: torch.dtype) -> bool:
 def _pack(module: nn.Linear) -> Tensor:
     weight = module.weight.detach()
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
-    setattr(module, _PACKED, (packed, weight.data_ptr(), module.weight._version))
+    setattr(module, _PACKED, (packed, weight.data_ptr(), _version(module.weight)))
     return packed
 
 
-def _packed_forward(self: nn.Linear, x: Tensor) -> Tensor:
-    packed, ptr, version = getattr(self, _PACKED)
-    if x.device.type != "cpu" or x.dtype != packed.dtype or torch.is_grad_enabled():
-        return F.linear(x, self.weight, self.bias)  # moved, cast, or training: the plain path
-    if self.weight.data_ptr() != ptr or self.weight._version != version:
-        packed = _pack(self)  # the weight was replaced or written in place
-    return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+def _version(weight: Tensor) -> int:
+    # inference tensors (made under inference_mode, e.g. a copy taken there) keep no version counter
+    return -1 if weight.is_inference() else weight._version
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` whose no-grad CPU forward runs on a prepacked copy of its weight.
+
+    Prepacking turns a layer into this class in place. The packed copy is a cache: copies and pickles
+    of the model leave it out (oneDNN's opaque tensors have no storage to copy) and rebuild it on
+    their first forward.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The prepacked kernel where it applies, else ``nn.Linear``'s own."""
+        if x.device.type != "cpu" or torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)  # moved, or training: the plain path
+        cached = getattr(self, _PACKED, None)
+        if cached is None or x.dtype != cached[0].dtype:
+            if x.dtype != self.weight.dtype or not supported(x.dtype):
+                return F.linear(x, self.weight, self.bias)  # cast: the plain path
+            return torch.ops.mkldnn._linear_pointwise(x, _pack(self), self.bias, "none", [], "")
+        packed, ptr, version = cached
+        if self.weight.data_ptr() != ptr or _version(self.weight) != version:
+            packed = _pack(self)  # the weight was replaced or written in place
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state = dict(state) if state is not None else dict(self.__dict__)
+        state.pop(_PACKED, None)
+        return state
 
 
 def prepack_linears(model: nn.Module) -> int:
     """Run ``model``'s linear layers on prepacked weights; returns how many (0 where unsupported).
 
-    Layers off the CPU, or in a dtype this CPU's oneDNN lacks (fp16 needs AVX512-FP16), stay plain.
+    Layers off the CPU, in a dtype this CPU's oneDNN lacks (fp16 needs AVX512-FP16), or of a subclass
+    of ``nn.Linear`` (whose own forward must stay) are left as they are.
     """
     linears = [
-        m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
+        m
+        for m in model.modules()
+        if type(m) in (nn.Linear, PackedLinear) and m.weight.device.type == "cpu"
     ]
     for dtype in {m.weight.dtype for m in linears if not supported(m.weight.dtype)}:
         log.info("prepacked linears unavailable for %s here; using torch's default", dtype)
     linears = [m for m in linears if supported(m.weight.dtype)]
     for module in linears:
-        if not hasattr(module, _PACKED):
+        module.__class__ = PackedLinear
+        if getattr(module, _PACKED, None) is None:
             _pack(module)
-            module.forward = types.MethodType(_packed_forward, module)
     return len(linears)
 
 
 def is_prepacked(model: nn.Module) -> bool:
     """Whether any of ``model``'s linear layers runs on a prepacked weight now."""
-    return any(hasattr(m, _PACKED) for m in model.modules())
+    return any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 def unpack_linears(model: nn.Module) -> None:
-    """Undo ``prepack_linears``: plain ``nn.Linear`` forwards, packed copies freed."""
+    """Undo ``prepack_linears``: plain ``nn.Linear`` layers, packed copies freed."""
     for module in model.modules():
-        if isinstance(module, nn.Linear) and hasattr(module, _PACKED):
-            delattr(module, _PACKED)
-            del module.forward  # the instance attribute; the class method shows through again
+        if isinstance(module, PackedLinear):
+            module.__dict__.pop(_PACKED, None)
+            module.__class__ = nn.Linear

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from lm_eval_routed.cpu_linear import prepack_linears, supported, unpack_linears
+from lm_eval_routed.cpu_linear import PackedLinear, prepack_linears, supported, unpack_linears
 
 pytestmark = pytest.mark.skipif(
     not supported(torch.float32), reason="this torch build has no prepacked oneDNN linear"
@@ -24,7 +24,7 @@ def test_prepacked_model_matches_plain_and_unpacks():
         packed = model(ids).logits
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
     unpack_linears(model)
-    assert all("forward" not in vars(m) for m in model.modules())
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, plain)
 
@@ -57,15 +57,56 @@ def test_training_and_weight_changes_take_the_plain_path():
 def test_runtime_records_and_honours_prepack(make_runtime, pair):
     rt = make_runtime(router="random", p="0.3", prepack="false")
     assert rt.info()["routed"]["prepacked"] is False
-    assert all("forward" not in vars(m) for m in pair[1].modules())
+    assert not any(isinstance(m, PackedLinear) for m in pair[1].modules())
     rt = make_runtime(router="random", p="0.3")
     assert rt.info()["routed"]["prepacked"] is True
-    assert any("forward" in vars(m) for m in pair[1].modules())
+    assert any(isinstance(m, PackedLinear) for m in pair[1].modules())
 
 
 def test_layers_in_a_dtype_the_cpu_lacks_stay_plain():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8).half(), torch.nn.Linear(8, 8))
     packed = prepack_linears(model)
-    fp16_packed = "forward" in vars(model[0])
+    fp16_packed = isinstance(model[0], PackedLinear)
     assert fp16_packed == supported(torch.float16)
-    assert "forward" in vars(model[1]) and packed == 1 + fp16_packed
+    assert isinstance(model[1], PackedLinear) and packed == 1 + fp16_packed
+
+
+def test_a_prepacked_model_copies_pickles_and_casts(tmp_path):
+    import copy
+
+    model = tiny_llama(2, seed=4)
+    ids = torch.randint(0, 60, (2, 7))
+    prepack_linears(model)
+    with torch.inference_mode():
+        want = model(ids).logits
+    twin = copy.deepcopy(model)  # oneDNN's packed tensors cannot be copied: left out, rebuilt
+    with torch.inference_mode():
+        assert torch.equal(twin(ids).logits, want) and torch.equal(model(ids).logits, want)
+        torch.save(model, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert torch.equal(loaded(ids).logits, want)
+    if supported(torch.bfloat16):  # cast after packing: repacked in the new dtype, not left stale
+        twin.to(torch.bfloat16)
+        with torch.inference_mode():
+            got = twin(ids).logits.float()
+        assert got.dtype == torch.float32 and (got - want).abs().max() < 0.5
+        assert twin.lm_head._routed_packed[0].dtype == torch.bfloat16
+
+
+def test_subclasses_of_linear_keep_their_own_forward():
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = torch.nn.Sequential(Scaled(8, 8), torch.nn.Linear(8, 8))
+    assert prepack_linears(model) == 1 and type(model[0]) is Scaled
+
+
+def test_a_model_built_under_inference_mode_prepacks():
+    # its weights are inference tensors, which keep no version counter to watch for changes
+    with torch.inference_mode():
+        model = tiny_llama(1, seed=5)
+        ids = torch.randint(0, 60, (1, 5))
+        want = model(ids).logits
+        prepack_linears(model)
+        torch.testing.assert_close(model(ids).logits, want, atol=1e-5, rtol=1e-5)
