@@ -13,6 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run one solution against one problem",
     ),
     "demo": ("lm_eval_routed.jobs.demo:main", "score routers on the offline demo pair"),
+    "sweep": (
+        "lm_eval_routed.jobs.sweep_cli:main",
+        "score a matrix of configs x tasks (resumable), then a leaderboard",
+    ),
     "train": ("lm_eval_routed.training.cli:main", "build router labels and train routers"),
     "calibrate": ("lm_eval_routed.training.calibrate:main", "calibrate entropy thresholds"),
 }

@@ -152,6 +152,56 @@ def test_primary_metric_picks_value_and_stderr():
     assert primary_metric(metrics) == ("exact_match", 0.5, 0.1)
     with pytest.raises(ValueError, match="no numeric metric"):
         primary_metric({"alias": "x"})
+    with pytest.raises(ConfigError, match="metric 'acc' is not one of this task's: exact_match"):
+        primary_metric(metrics, "acc")
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("configs: []\ntasks: [t]\n", "configs: must be a list of model_args mappings"),
+        ("configs: [{router: llm-only}]\n", "tasks: must list at least one lm-eval task"),
+        ("configs: [{router: llm-only}]\ntasks: t\nmodels: x\n", "unknown key 'models'"),
+        ("configs: [{router: llm-only}\n", "is not valid YAML"),
+        ("- a\n", "must hold a mapping with configs: and tasks:"),
+    ],
+)
+def test_sweep_command_refuses_a_bad_matrix_in_one_line(tmp_path, capsys, text, needle):
+    from lm_eval_routed.cli import main
+
+    (tmp_path / "m.yaml").write_text(text)
+    assert main(["sweep", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_sweep_command_runs_a_matrix_and_resumes(workspace, tmp_path, capsys):
+    import yaml
+
+    from lm_eval_routed.cli import main
+
+    matrix = {
+        "base": base(workspace),
+        "configs": [{"router": "llm-only"}, {"router": "slm-only"}],
+        "tasks": ["tiny_routed"],
+        "include_path": str(workspace / "tasks"),
+    }
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(matrix))
+    args = ["sweep", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "o"), "--limit", "2"]
+    assert main(args) == 0
+    board = (tmp_path / "o" / "leaderboard.md").read_text()
+    assert "| llm-only | tiny_routed |" in board and "| slm-only | tiny_routed |" in board
+    assert "written to" in capsys.readouterr().out
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "runs").rglob("*.json")}
+    assert len(done) == 2
+    # a grown matrix runs only its new cell
+    matrix["configs"].append({"router": "random", "p": 0.5})
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(matrix))
+    assert main(args) == 0
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "runs").rglob("*.json")}
+    assert len(after) == 3 and all(after[p] == t for p, t in done.items())
+    assert "| random p=0.5 | tiny_routed |" in (tmp_path / "o" / "leaderboard.md").read_text()
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ random at equal cost?" is one glance at the table. Finished cells are kept: re-r
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs.leaderboard import write_leaderboard
 from lm_eval_routed.jobs.sweep import run_sweep
+from lm_eval_routed.jobs.sweep_cli import job_logging
 from lm_eval_routed.paths import router_ckpts_dir
 
 # baselines first, then routers from cheapest to dearest knob
@@ -80,14 +80,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=_positive, default=8)
     ap.add_argument("--task", default="routed_demo")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("lm_eval", "transformers", "httpx", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # The demo task reads its bundled questions through a custom_dataset function, and lm-eval warns
-    # about that function's kwargs at every load: advice for task authors, twice per cell here.
-    logging.getLogger("lm_eval.api.task").addFilter(
-        lambda record: "Custom kwargs can be passed" not in record.getMessage()
-    )
+    job_logging()
 
     from pathlib import Path
 

@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from lm_eval_routed.config import ConfigError
+
 COLUMNS = (
     "config",
     "task",
@@ -38,6 +40,9 @@ def primary_metric(
             float(value),
             float(stderr) if isinstance(stderr, int | float) else float("nan"),
         )
+    if preferred:
+        names = sorted({k.partition(",")[0] for k in metrics if "," in k and "_stderr" not in k})
+        raise ConfigError(f"metric {preferred!r} is not one of this task's: {', '.join(names)}")
     raise ValueError(f"no numeric metric in {sorted(metrics)}")
 
 

@@ -1,0 +1,112 @@
+"""`lm-eval-routed sweep MATRIX.yaml`: score a matrix of routed configurations x tasks, then a leaderboard.
+
+The matrix file names the cells; everything else is ``run_sweep``'s (resumable, one model load per
+pair) and ``write_leaderboard``'s (tables and a Pareto plot):
+
+    base:                   # model_args every configuration shares (optional)
+      config: demo
+      batch_size: 8
+    configs:                # one mapping of model_args per configuration
+      - {router: llm-only}
+      - {router: random, p: 0.2}
+      - {router: r2r, router_ckpt: router_ckpts/demo-r2r, threshold: 0.5, name: r2r t=0.5}
+    tasks: [routed_demo]    # lm-eval task names or task YAML paths
+    include_path: my_tasks/ # optional: a folder of more task YAMLs
+    metric: exact_match     # optional: the leaderboard's metric (default: each task's first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lm_eval_routed.config import ConfigError
+
+_KEYS = {"base", "configs", "tasks", "include_path", "metric"}
+
+
+def read_matrix(path: Path) -> dict[str, Any]:
+    """The matrix file, checked: ``configs`` and ``tasks`` non-empty lists, no unknown keys."""
+    if not path.is_file():
+        raise ConfigError(f"matrix file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with configs: and tasks:")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}"
+        )
+    configs, tasks = data.get("configs"), data.get("tasks")
+    if (
+        not configs
+        or not isinstance(configs, list)
+        or not all(isinstance(c, dict) for c in configs)
+    ):
+        raise ConfigError(f"{path}: configs: must be a list of model_args mappings, one per config")
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if not tasks or not isinstance(tasks, list):
+        raise ConfigError(f"{path}: tasks: must list at least one lm-eval task")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base: must be a mapping of model_args")
+    return {**data, "base": base, "configs": configs, "tasks": [str(t) for t in tasks]}
+
+
+def job_logging() -> None:
+    """Progress lines from our jobs; lm-eval's and the loaders' chatter only from warnings up."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("lm_eval", "transformers", "httpx", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Tasks that read bundled data through a custom_dataset function (the demo's, ours) make lm-eval
+    # warn about that function's kwargs at every load: advice for task authors, twice per cell here.
+    logging.getLogger("lm_eval.api.task").addFilter(
+        lambda record: "Custom kwargs can be passed" not in record.getMessage()
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run every cell of the matrix not already on disk and write the leaderboard."""
+    ap = argparse.ArgumentParser(
+        prog="lm-eval-routed sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("matrix", type=Path, help="YAML file: base, configs, tasks (see above)")
+    ap.add_argument("--out", type=Path, help="output folder (default: runs/<matrix file name>)")
+    ap.add_argument("--limit", type=int, help="score only the first N docs of each task")
+    args = ap.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        ap.error(f"argument --limit: {args.limit} is not a positive integer")
+    job_logging()
+
+    from lm_eval_routed.jobs.leaderboard import write_leaderboard
+    from lm_eval_routed.jobs.sweep import run_sweep
+
+    out = args.out or Path("runs") / args.matrix.stem
+    try:
+        matrix = read_matrix(args.matrix)
+        summaries = run_sweep(
+            matrix["configs"],
+            matrix["tasks"],
+            out,
+            base=matrix["base"],
+            limit=args.limit,
+            include_path=matrix.get("include_path"),
+        )
+        board = write_leaderboard(summaries, out, metric=matrix.get("metric"))
+    except ConfigError as err:
+        print(f"lm-eval-routed sweep: {err}", file=sys.stderr)
+        return 2
+    print(board)
+    print(f"leaderboard.md, leaderboard.csv and pareto.png written to {out}/")
+    return 0
