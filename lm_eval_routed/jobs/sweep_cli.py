@@ -1,7 +1,7 @@
 """`lm-eval-routed sweep MATRIX.yaml`: score a matrix of routed configurations x tasks, then a leaderboard.
 
 The matrix file names the cells; everything else is ``run_sweep``'s (resumable, one model load per
-pair) and ``write_leaderboard``'s (tables and a Pareto plot):
+pair and dtype) and ``write_leaderboard``'s (tables and a Pareto plot):
 
     base:                   # model_args every configuration shares (optional)
       config: demo
