@@ -1,4 +1,4 @@
-"""Sweep: score a matrix of routed configurations x tasks, resumably, with one model load per pair and dtype.
+"""Sweep: score a matrix of routed configurations x tasks, resumably, loading each pair once.
 
 Each finished (config, task) cell is written to ``OUT/runs/<config-slug>/<task>.json`` (lm-eval's
 metrics plus a per-run accounting summary) and ``<task>.samples.jsonl`` (one line per sample: doc id,
