@@ -78,8 +78,7 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state = dict(state) if state is not None else dict(self.__dict__)
+        state = dict(super().__getstate__())
         state.pop(_PACKED, None)
         return state
 

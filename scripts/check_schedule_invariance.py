@@ -61,8 +61,13 @@ def main() -> None:
     chosen = [n for n in POLICIES if not args.policies or any(k in n for k in args.policies)]
     if not chosen:
         sys.exit(f"--policies {' '.join(args.policies)} matches none of: {', '.join(POLICIES)}")
-    base = {"config": args.config, "dtype": args.dtype, "slm_dtype": args.slm_dtype}
-    base |= {"cost_slm": "0:0", "cost_llm": "0:0"}
+    base = {
+        "config": args.config,
+        "dtype": args.dtype,
+        "slm_dtype": args.slm_dtype,
+        "cost_slm": "0:0",
+        "cost_llm": "0:0",
+    }
     first = build_runtime(load_config(base))
     rows = []
     for name in chosen:
@@ -93,8 +98,12 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
-        report = {"device": str(first.device), "dtype": str(first.dtype), "rows": rows}
-        report["slm_dtype"] = str(first.slm_dtype)
+        report = {
+            "device": str(first.device),
+            "dtype": str(first.dtype),
+            "slm_dtype": str(first.slm_dtype),
+            "rows": rows,
+        }
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
 

@@ -15,7 +15,7 @@ import sys
 from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs.leaderboard import write_leaderboard
 from lm_eval_routed.jobs.sweep import run_sweep
-from lm_eval_routed.jobs.sweep_cli import job_logging
+from lm_eval_routed.jobs.sweep_cli import job_logging, positive_int
 from lm_eval_routed.paths import router_ckpts_dir
 
 # baselines first, then routers from cheapest to dearest knob
@@ -65,19 +65,12 @@ def matched_control(router: dict, run) -> dict:
     return at(round(min(1.0, p * target / realized), 2))
 
 
-def _positive(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
 def main(argv: list[str]) -> int:
     """Run the demo sweep and print the leaderboard."""
     ap = argparse.ArgumentParser(prog="lm-eval-routed demo", description=__doc__)
     ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    ap.add_argument("--limit", type=_positive, default=None, help="score only the first N docs")
-    ap.add_argument("--batch-size", type=_positive, default=8)
+    ap.add_argument("--limit", type=positive_int, default=None, help="score only the first N docs")
+    ap.add_argument("--batch-size", type=positive_int, default=8)
     ap.add_argument("--task", default="routed_demo")
     args = ap.parse_args(argv)
     job_logging()

@@ -51,7 +51,12 @@ class Cell:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.cfg.label).strip("_")
+        return slug(self.cfg)
+
+
+def slug(cfg: RoutedConfig) -> str:
+    """A configuration's folder name under ``OUT/runs/``: its label, made path-safe."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.label).strip("_")
 
 
 def cell_path(out: Path, cell: Cell) -> Path:
@@ -123,13 +128,13 @@ def check_labels(cfgs: list[RoutedConfig]) -> None:
     """Refuse two configurations that would share one results folder (and so one cell)."""
     seen: dict[str, RoutedConfig] = {}
     for cfg in cfgs:
-        slug = Cell(cfg, "").slug
-        if slug in seen and seen[slug] != cfg:
+        folder = slug(cfg)
+        if folder in seen and seen[folder] != cfg:
             raise ConfigError(
                 f"two configurations of this sweep are both labelled {cfg.label!r}; "
                 "give each its own name= so their results do not overwrite each other"
             )
-        seen[slug] = cfg
+        seen[folder] = cfg
 
 
 # config keys that decide which weights a runtime holds: cells that agree on them share one load

@@ -62,6 +62,14 @@ def read_matrix(path: Path) -> dict[str, Any]:
     return {**data, "base": base, "configs": configs, "tasks": [str(t) for t in tasks]}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a count of 1 or more."""
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def job_logging() -> None:
     """Progress lines from our jobs; lm-eval's and the loaders' chatter only from warnings up."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -83,10 +91,8 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("matrix", type=Path, help="YAML file: base, configs, tasks (see above)")
     ap.add_argument("--out", type=Path, help="output folder (default: runs/<matrix file name>)")
-    ap.add_argument("--limit", type=int, help="score only the first N docs of each task")
+    ap.add_argument("--limit", type=positive_int, help="score only the first N docs of each task")
     args = ap.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        ap.error(f"argument --limit: {args.limit} is not a positive integer")
     job_logging()
 
     from lm_eval_routed.jobs.leaderboard import write_leaderboard
