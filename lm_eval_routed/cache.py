@@ -87,7 +87,7 @@ def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class RowKVCache:
-    """Per-row-length KV cache passed to Hugging Face models as ``past_key_values``."""
+    """Per-row-length KV cache: Hugging Face models take it as their cache, ``NativeEngine`` writes it."""
 
     def __init__(
         self,
@@ -194,16 +194,20 @@ class RowKVCache:
         self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs
     ) -> tuple[Tensor, Tensor]:
         """Write this forward's packed keys/values (1, H, S, D) at the planned slots; return the buffers."""
+        return self.write(layer_idx, key[0].transpose(0, 1), value[0].transpose(0, 1))
+
+    def write(self, layer_idx: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Write packed keys/values (S, H, D) at the planned slots; return the layer's buffers."""
         plan = self.plan
         assert plan is not None, "RowKVCache.prepare() must run before each forward"
         if layer_idx == len(self.keys):  # first forward: size the buffers from the model's shapes
-            shape = (self.batch + 1, key.shape[1], self.capacity, key.shape[3])
+            shape = (self.batch + 1, key.shape[1], self.capacity, key.shape[2])
             self.keys.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
             self.values.append(torch.zeros(shape, dtype=value.dtype, device=value.device))
         k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
-        # two advanced indices around a slice put the packed dimension first: (S, H, D)
-        k_buf[plan.write_rows, :, plan.write_slots] = key[0].transpose(0, 1)
-        v_buf[plan.write_rows, :, plan.write_slots] = value[0].transpose(0, 1)
+        # two advanced indices around a slice address (S, H, D): the packed dimension first
+        k_buf[plan.write_rows, :, plan.write_slots] = key
+        v_buf[plan.write_rows, :, plan.write_slots] = value
         return k_buf, v_buf
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

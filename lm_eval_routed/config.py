@@ -16,6 +16,7 @@ import yaml
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("pause", "lockstep")
+ENGINES = ("auto", "native", "hf")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,7 @@ class RoutedConfig:
     llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = half the rows in flight
     guess_ahead: int = 0  # per-token, greedy: tokens a routed row decodes on the SLM's guess
     prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
+    engine: str = "auto"  # auto: native where the model is covered and agrees with hf; native; hf
     schedule: str = (
         "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
     )
@@ -61,6 +63,7 @@ class RoutedConfig:
         if self.slm_dtype is not None:
             _check_choice("slm_dtype", self.slm_dtype, DTYPES)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("engine", self.engine, ENGINES)
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p={self.p} is out of range; give a rate between 0 and 1")
         for key in ("batch_size", "max_gen_toks", "gamma"):

@@ -35,19 +35,33 @@ def supported(dtype: torch.dtype) -> bool:
     """Whether this torch build and CPU run prepacked linears in ``dtype`` (checked on a tiny layer)."""
     try:
         weight, x = torch.randn(8, 16).to(dtype), torch.randn(3, 16).to(dtype)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
-        got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        got = packed_linear(x, pack(weight), None)
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         return torch.allclose(got.float(), F.linear(x, weight).float(), atol=tol, rtol=tol)
     except (AttributeError, RuntimeError):  # op missing from this build, or dtype unsupported here
         return False
 
 
+def pack(weight: Tensor) -> Tensor:
+    """``weight`` (out, in) reordered once into oneDNN's blocked layout, for ``packed_linear``."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` over a weight from ``pack``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 def _pack(module: nn.Linear) -> Tensor:
-    weight = module.weight.detach()
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
-    setattr(module, _PACKED, (packed, weight.data_ptr(), _version(module.weight)))
+    packed = pack(module.weight)
+    setattr(module, _PACKED, (packed, module.weight.data_ptr(), _version(module.weight)))
     return packed
+
+
+def weight_stamp(weight: Tensor) -> tuple[int, int]:
+    """Where ``weight`` lives and how often it was written: a copy packed from it is stale once
+    either changes."""
+    return weight.data_ptr(), _version(weight)
 
 
 def _version(weight: Tensor) -> int:
@@ -71,11 +85,11 @@ class PackedLinear(nn.Linear):
         if cached is None or x.dtype != cached[0].dtype:
             if x.dtype != self.weight.dtype or not supported(x.dtype):
                 return F.linear(x, self.weight, self.bias)  # cast: the plain path
-            return torch.ops.mkldnn._linear_pointwise(x, _pack(self), self.bias, "none", [], "")
+            return packed_linear(x, _pack(self), self.bias)
         packed, ptr, version = cached
         if self.weight.data_ptr() != ptr or _version(self.weight) != version:
             packed = _pack(self)  # the weight was replaced or written in place
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        return packed_linear(x, packed, self.bias)
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())

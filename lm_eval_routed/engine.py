@@ -1,10 +1,11 @@
 """One model behind the decoder: a forward over a subset of rows, each over its own new tokens.
 
-This is the only place that calls a model, so a faster engine only has to provide ``HFEngine``'s
-``new_cache`` and ``forward``. The Hugging Face version packs every row's new tokens into one sequence
-(``cache.PackedPlan``), runs the base model with a registered attention function that attends over the
-cache's own buffers (per row on CPU, gathered into one call on GPU: ``cache.py``), and applies the LM
-head only where logits are needed (each row's last token, or every token when verifying drafts).
+This is the only place that calls a model. ``HFEngine.forward`` packs every row's new tokens into one
+sequence (``cache.PackedPlan``), runs the model body over it, and applies the LM head only where logits
+are needed (each row's last token, or every token when verifying drafts). The body is the one part an
+engine replaces: here Hugging Face's own module tree, with a registered attention function that attends
+over the cache's own buffers (per row on CPU, gathered into one call on GPU: ``cache.py``);
+``native.NativeEngine`` writes the Llama family's forward out over the same weights.
 
 Token counts are padded to a multiple of ``pad_multiple`` before the matrix products: on the CPUs we
 measured, torch's default fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12 (the LM
@@ -24,6 +25,7 @@ from torch import Tensor
 from transformers import AttentionInterface
 
 from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
+from lm_eval_routed.models import cache_kwarg
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,14 @@ def _rows_attention(module, query, key, value, attention_mask, scaling=None, **k
 AttentionInterface.register(ATTENTION, _rows_attention)
 
 
+def _flag(model: torch.nn.Module, name: str) -> bool:
+    """Whether ``name`` was flagged on ``model`` before; flags it."""
+    key = f"_routed_flagged_{name}"
+    seen = model.__dict__.get(key, False)
+    model.__dict__[key] = True
+    return seen
+
+
 @dataclass(frozen=True)
 class ForwardOut:
     """Logits and last-layer hidden states of one forward, rows in the caller's order."""
@@ -55,6 +65,8 @@ class ForwardOut:
 
 class HFEngine:
     """A Hugging Face causal LM driven through a ``RowKVCache``."""
+
+    kind = "hf"  # recorded in run info
 
     def __init__(
         self,
@@ -81,8 +93,10 @@ class HFEngine:
             head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
             repeat_kv = not fused_masked_gqa(self.device, self.dtype, heads, kv_heads, head_dim)
         self.repeat_kv = repeat_kv  # repeat grouped KV heads before masked attention (cache.py)
+        self.cache_kwarg = cache_kwarg(self.base)
         window = getattr(config, "sliding_window", None)
-        if window and getattr(config, "use_sliding_window", True):
+        # said once per model, not once per engine built over it (a sweep builds one per cell)
+        if window and getattr(config, "use_sliding_window", True) and not _flag(model, "window"):
             log.warning(
                 "%s uses a %d-token sliding window; routed decoding attends over the whole context, "
                 "so outputs past %d tokens differ from the model's own generate",
@@ -150,16 +164,7 @@ class HFEngine:
             packed + [self.pad_id] * (width - len(packed)) + last + picked, device=self.device
         )
         ids, last_t, picked_t = flat.split([width, len(last), len(picked)])
-        with self._row_attention():
-            out = self.base(
-                input_ids=ids[None],
-                position_ids=plan.positions,
-                attention_mask=_PASS_THROUGH_MASK,
-                past_key_values=cache,
-                use_cache=True,
-                routed_plan=plan,
-            )
-        hidden = out.last_hidden_state[0]  # (S, H), packed
+        hidden = self._hidden(ids, plan, cache)
         last_hidden = hidden[last_t]
         if at is None:
             return ForwardOut(logits=self._logits(last_hidden), hidden=last_hidden)
@@ -170,6 +175,19 @@ class HFEngine:
             logits[i, : len(js)] = flat_logits[k : k + len(js)]
             k += len(js)
         return ForwardOut(logits=logits, hidden=last_hidden)
+
+    def _hidden(self, ids: Tensor, plan: PackedPlan, cache: RowKVCache) -> Tensor:
+        """The body over packed token ids (S,): final-norm hidden states (S, H)."""
+        with self._row_attention():
+            out = self.base(
+                input_ids=ids[None],
+                position_ids=plan.positions,
+                attention_mask=_PASS_THROUGH_MASK,
+                use_cache=True,
+                routed_plan=plan,
+                **{self.cache_kwarg: cache},
+            )
+        return out.last_hidden_state[0]
 
     def _logits(self, hidden: Tensor) -> Tensor:
         """LM head over (n, H) rows, padded to a GEMM-friendly row count; float32 (n, V)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +115,10 @@ def eos_ids(tokenizer, model) -> set[int]:
         elif source:
             ids.update(int(i) for i in source)
     return ids
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers >= 5.24, which
+    deprecates the old name) or ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

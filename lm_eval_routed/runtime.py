@@ -28,6 +28,7 @@ from lm_eval_routed.models import (
     resolve_device,
     resolve_dtype,
 )
+from lm_eval_routed.native import NativeEngine, disagreement, unsupported
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class RoutedRuntime:
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "guess_ahead": self.cfg.guess_ahead,
                 "prepacked": self.prepacked,
+                "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},
                 "schedule": self.cfg.schedule,
                 "seed": self.cfg.seed,
                 "params_slm": self.params_slm.total,
@@ -163,7 +165,10 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
-    slm_engine, llm_engine = HFEngine(slm, vocab), HFEngine(llm, vocab)
+    slm_engine, llm_engine = (
+        make_engine(slm, vocab, cfg.engine),
+        make_engine(llm, vocab, cfg.engine),
+    )
     router = make_router(cfg.router, cfg, slm)
     if cfg.router == "speculative" and cfg.schedule == "lockstep":
         log.info("speculative decoding ignores schedule=lockstep")
@@ -184,6 +189,30 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm
     )
+
+
+def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFEngine:
+    """The engine ``choice`` names for ``model``: ``native`` where it covers the model and agrees
+    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for."""
+    hf = HFEngine(model, vocab)
+    if choice == "hf":
+        return hf
+    name = type(model).__name__
+    reason = unsupported(model)
+    if reason is None:
+        native = NativeEngine(model, vocab)
+        reason = disagreement(native, hf)
+        if reason is None:
+            return native
+        if choice == "auto":
+            log.warning(
+                "native engine disagrees with %s's own forward (%s); using hf", name, reason
+            )
+    elif choice == "auto":
+        log.info("%s runs on the hf engine: %s", name, reason)
+    if choice == "native":
+        raise ConfigError(f"engine=native cannot run {name}: {reason}; use engine=auto or hf")
+    return hf
 
 
 def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:

@@ -28,8 +28,9 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from lm_eval_routed.cache import round_up
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config import ENGINES, load_config
 from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.models import cache_kwarg
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime
 
 PROMPTS = [
@@ -76,13 +77,13 @@ class PlainCosts:
             if cache is None:
                 cache = self.warm[(model, batch)] = DynamicCache(config=net.config)
                 ids = torch.zeros(batch, self.kv_len, dtype=torch.long, device=self.device)
-                net(input_ids=ids, past_key_values=cache, use_cache=True)
+                net(input_ids=ids, use_cache=True, **{cache_kwarg(net): cache})
             ids = torch.zeros(batch, tokens, dtype=torch.long, device=self.device)
             times = []
             for _ in range(2):
                 sync(self.device)
                 start = time.perf_counter()
-                net(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                net(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(net): cache})
                 sync(self.device)
                 times.append(time.perf_counter() - start)
                 cache.crop(-tokens)
@@ -167,10 +168,13 @@ def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assista
     return total
 
 
-def decoding_cases(batch: int, min_batches: Sequence[int] = ()) -> list[tuple[str, dict]]:
+def decoding_cases(
+    batch: int, min_batches: Sequence[int] = (), engines: Sequence[str] = ()
+) -> list[tuple[str, dict]]:
     """The routed runs of one batch size: random shares, entropy, guessing ahead, speculative
     (batch 1), lockstep (batch > 1); at batch > 1, each pause-and-batch case once more per
-    ``llm_min_batch`` in ``min_batches`` (0 is the default rule, already run)."""
+    ``llm_min_batch`` in ``min_batches`` (0 is the default rule, already run); then every case once
+    more per engine in ``engines`` (named '... engine=NAME')."""
     cases = [
         (f"random r={r}", {"router": "random", "p": str(r)}) for r in (0.0, 0.05, 0.15, 0.3, 1.0)
     ]
@@ -198,6 +202,11 @@ def decoding_cases(batch: int, min_batches: Sequence[int] = ()) -> list[tuple[st
             (f"lockstep r={r}", {"router": "random", "p": str(r), "schedule": "lockstep"})
             for r in (0.05, 0.15, 0.3)
         ]
+    cases += [
+        (f"{name} engine={e}", extra | {"engine": e})
+        for name, extra in list(cases)
+        for e in engines
+    ]
     return cases
 
 
@@ -217,7 +226,7 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
         n = args.requests or max(batch, 4)  # several at batch 1, so LLM shares average out
         cases = [
             c
-            for c in decoding_cases(batch, args.llm_min_batch)
+            for c in decoding_cases(batch, args.llm_min_batch, args.also_engine)
             if not args.cases or any(k in c[0] for k in args.cases)
         ]
         samples: dict[str, list[dict]] = defaultdict(list)
@@ -377,6 +386,20 @@ def main() -> None:
         "fused kernel for the masked call, e.g. CUDA)",
     )
     ap.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="the routed runs' model engine (engine.py, native.py; auto: native where it applies)",
+    )
+    ap.add_argument(
+        "--also-engine",
+        choices=ENGINES,
+        nargs="+",
+        default=[],
+        metavar="ENGINE",
+        help="also run every case on this engine, back to back (named '... engine=ENGINE')",
+    )
+    ap.add_argument(
         "--no-prepack",
         action="store_true",
         help="CPU: keep torch's default linear kernels (baselines share the models, so follow too)",
@@ -402,6 +425,7 @@ def main() -> None:
                 "cost_slm": "0:0",
                 "cost_llm": "0:0",
                 "prepack": not args.no_prepack,
+                "engine": args.engine,
                 **extra,
             }
         )
@@ -409,7 +433,11 @@ def main() -> None:
     if any(m < 0 for m in args.llm_min_batch):
         ap.error("--llm-min-batch takes rows to wait for: 1 or more (0 is the default rule)")
     if args.cases:
-        names = {name for b in args.batches for name, _ in decoding_cases(b, args.llm_min_batch)}
+        names = {
+            name
+            for b in args.batches
+            for name, _ in decoding_cases(b, args.llm_min_batch, args.also_engine)
+        }
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
     first = build_runtime(config({"router": "slm-only"}))
@@ -430,6 +458,8 @@ def main() -> None:
         "dtype": str(first.dtype),
         "slm_dtype": str(first.slm_dtype),
         "prepacked": first.prepacked,
+        "engine": args.engine,
+        "engines_used": first.info()["routed"]["engine"],
         "attention": args.attention,
         "repeat_kv": args.repeat_kv,
         "repeat_kv_heads": first.decoder.llm.repeat_kv if repeat_kv is None else repeat_kv,

@@ -31,11 +31,15 @@ def test_bench_writes_every_figure(proxy, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_decoder.py"), "--config", str(proxy)]
     cmd += ["--tokens", "8", "--batches", "2", "--repeats", "2", "--cases", CASE]
+    cmd += ["--also-engine", "hf"]
     subprocess.run([*cmd, "--skip-lm-eval", "--json", str(out)], check=True, capture_output=True)
     report = json.loads(out.read_text())
     assert report["complete"] and report["tokens"] == 8
+    assert report["engines_used"] == {"slm": "native", "llm": "native"}
     rows = {r["case"]: r for r in report["decoding"]["rows"]}
-    assert set(rows) == {"plain slm generate", CASE}
+    assert set(rows) == {"plain slm generate", CASE, f"{CASE} engine=hf"}
+    # the same schedule on either engine: only the time differs
+    assert rows[f"{CASE} engine=hf"]["llm_share"] == rows[CASE]["llm_share"]
     routed = rows[CASE]
     assert routed["repeats_done"] == 2 and routed["batch"] == 2
     assert 0 < routed["llm_share"] < 1 and routed["llm_forwards_per_100_tokens"] > 0
@@ -58,7 +62,14 @@ def test_bench_saves_after_every_repeat(proxy):
         )
 
     args = argparse.Namespace(
-        tokens=8, batches=[2], repeats=2, requests=None, cases=[CASE], llm_min_batch=[], warmup=0
+        tokens=8,
+        batches=[2],
+        repeats=2,
+        requests=None,
+        cases=[CASE],
+        llm_min_batch=[],
+        also_engine=[],
+        warmup=0,
     )
     saved: list[dict] = []
     final = bench.bench_decoding(rt_for, args, saved.append)

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.models import cache_kwarg
 from lm_eval_routed.routers.entropy import entropy_nats
 from lm_eval_routed.training.common import (
     batched,
@@ -70,6 +71,7 @@ def _timed_forward(model, n: int, kv: int, repeats: int) -> float:
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
+    kwarg = cache_kwarg(model)
     best = float("inf")
     for _ in range(repeats):
         cache = DynamicCache()
@@ -77,13 +79,13 @@ def _timed_forward(model, n: int, kv: int, repeats: int) -> float:
             if kv:
                 model(
                     input_ids=torch.zeros(1, kv, dtype=torch.long, device=device),
-                    past_key_values=cache,
+                    **{kwarg: cache},
                 )
             ids = torch.zeros(1, n, dtype=torch.long, device=device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+            model(input_ids=ids, logits_to_keep=1, **{kwarg: cache})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             best = min(best, time.perf_counter() - start)

@@ -1,0 +1,147 @@
+"""NativeEngine against HFEngine: the written-out Llama-family forward must give Hugging Face's logits
+bit for bit on the CPU, for every family it claims, prepacked or not, on every attention layout."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from lm_eval_routed import native
+from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.cpu_linear import prepack_linears
+from lm_eval_routed.engine import HFEngine
+from lm_eval_routed.native import NativeEngine, disagreement, unsupported
+from lm_eval_routed.runtime import make_engine
+
+SIZES = dict(
+    vocab_size=98,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.2,
+    tie_word_embeddings=False,
+)
+FAMILIES = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**SIZES)),
+    "llama-biases": lambda: LlamaForCausalLM(
+        LlamaConfig(**SIZES, attention_bias=True, mlp_bias=True)
+    ),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**SIZES, sliding_window=None)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**SIZES)),  # q/k/v biases
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**SIZES, head_dim=24)),  # per-head q/k norms
+}
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41, 42, 43]]
+
+
+def build(family: str, prepack: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    if family == "llama-biases":  # biases start at zero: make them matter
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.5)
+    if prepack:
+        prepack_linears(model)
+    return model
+
+
+def same_calls(a: HFEngine, b: HFEngine) -> None:
+    """Both engines through prefill, a ragged step (rows out of order, all logits), a dense step."""
+    caches = [a.new_cache(4, 32), b.new_cache(4, 32)]
+    n = [len(p) for p in PROMPTS]
+    calls = [
+        ([0, 1, 2, 3], [0, 0, 0, 0], PROMPTS, False),
+        ([3, 1, 2], [n[3], n[1], n[2]], [[44], [23, 24, 25], [35, 36]], True),
+        ([0, 1, 2, 3], [n[0], n[1] + 3, n[2] + 2, n[3] + 1], [[1]] * 4, False),
+    ]
+    for rows, held, tokens, all_logits in calls:
+        x = a.forward(caches[0], rows, held, tokens, all_logits=all_logits)
+        y = b.forward(caches[1], rows, held, tokens, all_logits=all_logits)
+        assert torch.equal(x.logits, y.logits) and torch.equal(x.hidden, y.hidden)
+
+
+@pytest.mark.parametrize("prepack", [False, True], ids=["plain", "prepacked"])
+@pytest.mark.parametrize("gather", [False, True], ids=["per-row", "gathered"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bitwise_the_hf_forward(family, gather, prepack):
+    model = build(family, prepack)
+    assert unsupported(model) is None
+    nat = NativeEngine(model, 98, gather=gather)
+    same_calls(nat, HFEngine(model, 98, gather=gather))
+    assert disagreement(nat, HFEngine(model, 98, gather=gather)) is None
+
+
+def test_stacked_weights_are_views_and_reused():
+    """Off the prepacked path, q/k/v become views of one stacked weight: nothing is held twice, the
+    values are the model's, and a second engine over the model reuses the stack."""
+    model = build("llama", prepack=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = NativeEngine(model, 98)
+    attn = model.model.layers[0].self_attn
+    stacked = first.layers[0].qkv.weight
+    assert attn.q_proj.weight.data_ptr() == stacked.data_ptr()
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert NativeEngine(model, 98).layers[0].qkv is first.layers[0].qkv
+
+
+def test_prepacked_stack_follows_a_changed_weight():
+    """A weight written in place after the stack was packed: the next engine packs it again."""
+    model = build("llama", prepack=True)
+    old = NativeEngine(model, 98).layers[0].gate_up
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)
+    fresh = NativeEngine(model, 98)
+    assert fresh.layers[0].gate_up is not old
+    same_calls(fresh, HFEngine(model, 98))
+
+
+def test_other_architectures_run_on_hf(caplog):
+    cfg = GemmaConfig(**{**SIZES, "head_dim": 16})
+    model = GemmaForCausalLM(cfg).eval()
+    assert "GemmaDecoderLayer is not a decoder layer of" in unsupported(model)
+    with caplog.at_level(logging.INFO, logger="lm_eval_routed.runtime"):
+        assert make_engine(model, 98).kind == "hf"
+    assert "runs on the hf engine" in caplog.text
+    with pytest.raises(ConfigError, match="engine=native cannot run GemmaForCausalLM"):
+        make_engine(model, 98, "native")
+
+
+def test_a_disagreeing_native_forward_is_not_used(monkeypatch, caplog):
+    """Should a transformers release change how a covered model computes, the probe catches it."""
+    model = build("llama", prepack=True)
+    real = native.rms_norm
+    monkeypatch.setattr(native, "rms_norm", lambda x, norm: real(x, norm) * 1.001)
+    assert "logits differ by up to" in disagreement(NativeEngine(model, 98), HFEngine(model, 98))
+    with caplog.at_level(logging.WARNING, logger="lm_eval_routed.runtime"):
+        assert make_engine(model, 98).kind == "hf"
+    assert "native engine disagrees" in caplog.text
+    with pytest.raises(ConfigError, match="engine=native cannot run LlamaForCausalLM: logits"):
+        make_engine(model, 98, "native")
+    monkeypatch.setattr(native, "rms_norm", real)
+    assert make_engine(model, 98).kind == "native"
+
+
+def test_engine_choice_is_recorded(make_runtime):
+    assert make_runtime().info()["routed"]["engine"] == {"slm": "native", "llm": "native"}
+    assert make_runtime(engine="hf").info()["routed"]["engine"] == {"slm": "hf", "llm": "hf"}
+    with pytest.raises(ConfigError, match="engine='fast' is not allowed; choose one of: auto"):
+        load_config({"engine": "fast"})
