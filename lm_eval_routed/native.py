@@ -68,20 +68,22 @@ def unsupported(model: nn.Module) -> str | None:
 class _Matmul:
     """One linear map over the weights of several linear layers of one input, stacked."""
 
+    # plain tensors even when built under inference_mode: the model's weights may become views of them
+    @torch.inference_mode(False)
+    @torch.no_grad()
     def __init__(self, linears: list[nn.Linear]) -> None:
         first = linears[0]
-        self.bias = None if first.bias is None else torch.cat([m.bias.detach() for m in linears])
+        self.bias = None if first.bias is None else torch.cat([m.bias for m in linears])
+        stacked = torch.cat([m.weight for m in linears])
         if isinstance(first, cpu_linear.PackedLinear) and cpu_linear.supported(first.weight.dtype):
             # prepacked layers: one oneDNN copy of the stacked weight, beside each layer's own
-            self.weight = None
-            self.packed = cpu_linear.pack(torch.cat([m.weight.detach() for m in linears]))
+            self.weight, self.packed = None, cpu_linear.pack(stacked)
         else:  # the layers' weights become views of the stacked one, so none is held twice
-            self.weight, self.packed = torch.cat([m.weight.detach() for m in linears]), None
+            self.weight, self.packed = stacked, None
             start = 0
-            with torch.no_grad():
-                for m in linears:
-                    m.weight.data = self.weight[start : start + m.out_features]
-                    start += m.out_features
+            for m in linears:
+                m.weight.data = stacked[start : start + m.out_features]
+                start += m.out_features
         self.stamp = _stamp(linears)  # the layers as they were when stacked
 
     def __call__(self, x: Tensor) -> Tensor:

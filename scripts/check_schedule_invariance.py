@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's prompts
 from bench_decoder import requests  # noqa: E402
 
-from lm_eval_routed.config import load_config  # noqa: E402
+from lm_eval_routed.config import ENGINES, load_config  # noqa: E402
 from lm_eval_routed.runtime import build_runtime  # noqa: E402
 
 POLICIES = {
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--config", default="demo", help="preset or YAML holding slm/llm")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--slm-dtype", help="the SLM's own dtype (default: --dtype)")
+    ap.add_argument("--engine", choices=ENGINES, default="auto", help="the models' engine")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=96, help="max new tokens per sample")
     ap.add_argument("--policies", nargs="+", help="only policies whose name contains one of these")
@@ -65,6 +66,7 @@ def main() -> None:
         "config": args.config,
         "dtype": args.dtype,
         "slm_dtype": args.slm_dtype,
+        "engine": args.engine,
         "cost_slm": "0:0",
         "cost_llm": "0:0",
     }
@@ -102,6 +104,7 @@ def main() -> None:
             "device": str(first.device),
             "dtype": str(first.dtype),
             "slm_dtype": str(first.slm_dtype),
+            "engines_used": first.info()["routed"]["engine"],
             "rows": rows,
         }
         args.json.write_text(json.dumps(report, indent=2))

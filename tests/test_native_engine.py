@@ -23,6 +23,7 @@ from transformers import (
 from lm_eval_routed import native
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.cpu_linear import prepack_linears
+from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.native import NativeEngine, disagreement, unsupported
 from lm_eval_routed.runtime import make_engine
@@ -145,3 +146,23 @@ def test_engine_choice_is_recorded(make_runtime):
     assert make_runtime(engine="hf").info()["routed"]["engine"] == {"slm": "hf", "llm": "hf"}
     with pytest.raises(ConfigError, match="engine='fast' is not allowed; choose one of: auto"):
         load_config({"engine": "fast"})
+
+
+@pytest.mark.parametrize(
+    "router,extra",
+    [("random", {"p": "0.3"}), ("entropy", {"threshold": "0.9"}), ("speculative", {})],
+)
+def test_routed_runs_are_the_same_on_either_engine(make_runtime, tokenizer, router, extra):
+    """The engine changes the time a run takes, not what it writes or how it is accounted."""
+    reqs = [
+        GenRequest(prompt_ids=tokenizer(p)["input_ids"], max_new_tokens=16, seed=i)
+        for i, p in enumerate(["The cat sat", "2+2=", "Once upon a time", "x", "abcabc"])
+    ]
+    runs = {
+        engine: make_runtime(router=router, batch_size=4, engine=engine, **extra).generate(reqs)
+        for engine in ("native", "hf")
+    }
+    assert [r.token_ids for r in runs["native"]] == [r.token_ids for r in runs["hf"]]
+    fields = ("llm_positions", "llm_forward_tokens", "slm_forward_tokens", "llm_calls")
+    for a, b in zip(runs["native"], runs["hf"]):
+        assert all(getattr(a.record, f) == getattr(b.record, f) for f in fields)
