@@ -9,8 +9,9 @@ does mostly such steps, so both models of a routed run on CPU are prepacked by d
 Prepacking turns each ``nn.Linear`` of the model into a ``PackedLinear`` in place, so everything that
 runs the model object (plain ``generate``, lm-eval's ``hf`` over it, the benchmark's baselines) gets the
 same kernels and comparisons stay fair. Parameters, ``state_dict`` and training are untouched: the
-packed copy is used only under no-grad on CPU, and is rebuilt if the weight changes or is cast. It holds
-a second copy of every linear weight in memory.
+packed copy is made on a layer's first no-grad CPU forward, used only there, and rebuilt if the weight
+changes or is cast. It holds a second copy of every linear weight in memory (the native engine's
+stacked copies stand in for those of the layers it stacks: ``native.py``).
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ class PackedLinear(nn.Linear):
 def prepack_linears(model: nn.Module) -> int:
     """Run ``model``'s linear layers on prepacked weights; returns how many (0 where unsupported).
 
-    Layers off the CPU, in a dtype this CPU's oneDNN lacks (fp16 needs AVX512-FP16), or of a subclass
-    of ``nn.Linear`` (whose own forward must stay) are left as they are.
+    Each layer packs its weight on its first forward, so layers whose work an engine does otherwise
+    (``native`` stacks q/k/v and gate/up) never hold a copy. Layers off the CPU, in a dtype this CPU's
+    oneDNN lacks (fp16 needs AVX512-FP16), or of a subclass of ``nn.Linear`` (whose own forward must
+    stay) are left as they are.
     """
     linears = [
         m
@@ -113,9 +116,12 @@ def prepack_linears(model: nn.Module) -> int:
     linears = [m for m in linears if supported(m.weight.dtype)]
     for module in linears:
         module.__class__ = PackedLinear
-        if getattr(module, _PACKED, None) is None:
-            _pack(module)
     return len(linears)
+
+
+def release(module: nn.Module) -> None:
+    """Free ``module``'s packed copy; a ``PackedLinear`` packs again on its next forward."""
+    module.__dict__.pop(_PACKED, None)
 
 
 def is_prepacked(model: nn.Module) -> bool:
@@ -127,5 +133,5 @@ def unpack_linears(model: nn.Module) -> None:
     """Undo ``prepack_linears``: plain ``nn.Linear`` layers, packed copies freed."""
     for module in model.modules():
         if isinstance(module, PackedLinear):
-            module.__dict__.pop(_PACKED, None)
+            release(module)
             module.__class__ = nn.Linear

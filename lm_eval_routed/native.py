@@ -12,12 +12,14 @@ the same (docs/performance.md).
 
 Covered: the decoders of Llama, Mistral, Qwen2 and Qwen3 (RMSNorm, rotary positions, grouped-query
 attention, gated MLP, optional projection biases, Qwen3's per-head q/k norms). ``unsupported`` says why
-any other model runs on ``HFEngine``; ``disagreement`` compares the two engines on a probe before a run
-trusts this one (bitwise on the CPU, to rounding elsewhere), which also catches a transformers release
-that changes how one of these models computes.
+any other model runs on ``HFEngine``; ``checked_engine`` compares the two engines on a probe before a
+run trusts this one (bitwise on the CPU, to rounding elsewhere), which also catches a transformers
+release that changes how one of these models computes.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -66,25 +68,30 @@ def unsupported(model: nn.Module) -> str | None:
 
 
 class _Matmul:
-    """One linear map over the weights of several linear layers of one input, stacked."""
+    """One linear map over the stacked weights of several linear layers of one input.
 
-    # plain tensors even when built under inference_mode: the model's weights may become views of them
+    No weight is held twice: prepacked layers (CPU) get one oneDNN copy of the stack in place of
+    their own (freed, and rebuilt on first use if the model runs outside the engine); elsewhere the
+    layers' weights become views of the stacked one.
+    """
+
+    # plain tensors even when built under inference_mode: the model's weights become views of them
     @torch.inference_mode(False)
     @torch.no_grad()
     def __init__(self, linears: list[nn.Linear]) -> None:
         first = linears[0]
         self.bias = None if first.bias is None else torch.cat([m.bias for m in linears])
         stacked = torch.cat([m.weight for m in linears])
+        self.weight, self.packed = stacked, None
         if isinstance(first, cpu_linear.PackedLinear) and cpu_linear.supported(first.weight.dtype):
-            # prepacked layers: one oneDNN copy of the stacked weight, beside each layer's own
             self.weight, self.packed = None, cpu_linear.pack(stacked)
-        else:  # the layers' weights become views of the stacked one, so none is held twice
-            self.weight, self.packed = stacked, None
+        else:
             start = 0
             for m in linears:
                 m.weight.data = stacked[start : start + m.out_features]
                 start += m.out_features
         self.stamp = _stamp(linears)  # the layers as they were when stacked
+        self.checked = False  # set once a probe showed the engine agrees with hf over it
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is not None:
@@ -96,13 +103,40 @@ def _stamp(linears: list[nn.Linear]) -> list:
     return [(type(m), cpu_linear.weight_stamp(m.weight)) for m in linears]
 
 
-def _stacked(linears: list[nn.Linear], owner: nn.Module, name: str) -> _Matmul:
-    """The stacked map of ``linears``, kept on ``owner`` so that the next engine over the same model
-    (a sweep's next cell) reuses it while the layers' weights and kinds are as they were."""
-    kept = owner.__dict__.get(name)
-    if kept is None or kept.stamp != _stamp(linears):
-        kept = owner.__dict__[name] = _Matmul(linears)
-    return kept
+# Stacks kept per module, outside the module itself: copies and pickles of a model leave them out
+# (oneDNN's packed tensors have no storage to copy), and they go when the module goes.
+_STACKS: weakref.WeakKeyDictionary[nn.Module, _Matmul] = weakref.WeakKeyDictionary()
+
+
+def _kept(linears: list[nn.Linear], owner: nn.Module) -> _Matmul | None:
+    """The stack of ``linears`` kept on ``owner``, if their weights and kinds are as they were."""
+    stack = _STACKS.get(owner)
+    return stack if stack is not None and stack.stamp == _stamp(linears) else None
+
+
+def _stacked(linears: list[nn.Linear], owner: nn.Module) -> _Matmul:
+    """The stack of ``linears``: the kept one (a sweep's next cell over the same model), or a new one."""
+    if isinstance(linears[0], cpu_linear.PackedLinear):
+        # the engine reads the stack, so the layers' own copies would be dead weight; freed first,
+        # a group at a time, they never sit in memory beside it
+        for m in linears:
+            cpu_linear.release(m)
+    stack = _kept(linears, owner)
+    if stack is None:
+        stack = _STACKS[owner] = _Matmul(linears)
+    return stack
+
+
+def _groups(model: nn.Module) -> list[tuple[list[nn.Linear], nn.Module]]:
+    """Each layer's linears that read one input, with the module their stack is kept on."""
+    out = []
+    for layer in model.get_decoder().layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        out += [
+            ([attn.q_proj, attn.k_proj, attn.v_proj], attn),
+            ([mlp.gate_proj, mlp.up_proj], mlp),
+        ]
+    return out
 
 
 class _Layer:
@@ -111,14 +145,14 @@ class _Layer:
     def __init__(self, layer: nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.index = attn.layer_idx
-        self.qkv = _stacked([attn.q_proj, attn.k_proj, attn.v_proj], attn, "_routed_qkv")
+        self.qkv = _stacked([attn.q_proj, attn.k_proj, attn.v_proj], attn)
         nq, nkv = attn.q_proj.out_features, attn.k_proj.out_features
         self.split = (nq, nkv, nkv)
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.o_proj = attn.o_proj
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
-        self.gate_up = _stacked([mlp.gate_proj, mlp.up_proj], mlp, "_routed_gate_up")
+        self.gate_up = _stacked([mlp.gate_proj, mlp.up_proj], mlp)
         self.inter, self.act, self.down_proj = mlp.gate_proj.out_features, mlp.act_fn, mlp.down_proj
 
 
@@ -172,22 +206,45 @@ class NativeEngine(HFEngine):
         return rms_norm(h, base.norm)
 
 
-def disagreement(native: HFEngine, hf: HFEngine) -> str | None:
-    """Run both engines over a probe (two prompts, then a decode step); None if their logits agree
-    (bitwise on the CPU, within ``ROUNDING_TOLERANCE`` elsewhere), else how far apart they were."""
-    vocab = native.vocab_size
+def checked_engine(
+    model: nn.Module, vocab_size: int, hf: HFEngine
+) -> tuple[NativeEngine | None, str | None]:
+    """A ``NativeEngine`` over ``model`` that agrees with ``hf`` on a probe (two prompts, then a decode
+    step): bitwise on the CPU, within ``ROUNDING_TOLERANCE`` elsewhere. Stacks that passed before are
+    not probed again. Returns (engine, None), or (None, why) with the stacks dropped."""
+    probed = not all(
+        _kept(linears, owner) and _STACKS[owner].checked for linears, owner in _groups(model)
+    )
+    expected = _probe(hf) if probed else None  # before stacking: hf reads the layers' own copies
+    engine = NativeEngine(model, vocab_size, gather=hf.gather, repeat_kv=hf.repeat_kv)
+    if probed:
+        reason = _differ(_probe(engine), expected, engine.device)
+        if reason:
+            for _, owner in _groups(model):
+                _STACKS.pop(owner, None)
+            return None, reason
+        for _, owner in _groups(model):
+            _STACKS[owner].checked = True
+    return engine, None
+
+
+def _probe(engine: HFEngine) -> list[Tensor]:
+    """Logits of two prompts (5 and 3 tokens), then of one decode step over both."""
+    vocab = engine.vocab_size
     prompts = [[(7 * i + 3) % vocab for i in range(5)], [(11 * i + 5) % vocab for i in range(3)]]
-    caches = [engine.new_cache(2, 8) for engine in (native, hf)]
-    worst = 0.0
-    for step in ([0, 0], [5, 3]):
-        tokens = prompts if step == [0, 0] else [[1], [2]]
-        a = native.forward(caches[0], [0, 1], step, tokens).logits
-        b = hf.forward(caches[1], [0, 1], step, tokens).logits
-        if native.device.type == "cpu":
-            if not torch.equal(a, b):
-                return f"logits differ by up to {(a - b).abs().max().item():.3g}"
-            continue
-        worst = max(worst, ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item())
+    cache = engine.new_cache(2, 8)
+    first = engine.forward(cache, [0, 1], [0, 0], prompts).logits
+    return [first, engine.forward(cache, [0, 1], [5, 3], [[1], [2]]).logits]
+
+
+def _differ(got: list[Tensor], want: list[Tensor], device: torch.device) -> str | None:
+    if device.type == "cpu":
+        worst = max((a - b).abs().max().item() for a, b in zip(got, want))
+        same = all(torch.equal(a, b) for a, b in zip(got, want))
+        return None if same else f"logits differ by up to {worst:.3g}"
+    worst = max(
+        ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item() for a, b in zip(got, want)
+    )
     if worst > ROUNDING_TOLERANCE:
         return f"logits differ by up to {worst:.1%} of their largest magnitude"
     return None

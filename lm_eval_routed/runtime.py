@@ -28,7 +28,7 @@ from lm_eval_routed.models import (
     resolve_device,
     resolve_dtype,
 )
-from lm_eval_routed.native import NativeEngine, disagreement, unsupported
+from lm_eval_routed.native import checked_engine, unsupported
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,8 @@ def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFE
     name = type(model).__name__
     reason = unsupported(model)
     if reason is None:
-        native = NativeEngine(model, vocab)
-        reason = disagreement(native, hf)
-        if reason is None:
+        native, reason = checked_engine(model, vocab, hf)
+        if native is not None:
             return native
         if choice == "auto":
             log.warning(

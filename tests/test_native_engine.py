@@ -3,6 +3,7 @@ bit for bit on the CPU, for every family it claims, prepacked or not, on every a
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -22,10 +23,10 @@ from transformers import (
 
 from lm_eval_routed import native
 from lm_eval_routed.config import ConfigError, load_config
-from lm_eval_routed.cpu_linear import prepack_linears
+from lm_eval_routed.cpu_linear import _PACKED, prepack_linears
 from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.engine import HFEngine
-from lm_eval_routed.native import NativeEngine, disagreement, unsupported
+from lm_eval_routed.native import NativeEngine, checked_engine, unsupported
 from lm_eval_routed.runtime import make_engine
 
 SIZES = dict(
@@ -85,9 +86,10 @@ def same_calls(a: HFEngine, b: HFEngine) -> None:
 def test_bitwise_the_hf_forward(family, gather, prepack):
     model = build(family, prepack)
     assert unsupported(model) is None
-    nat = NativeEngine(model, 98, gather=gather)
-    same_calls(nat, HFEngine(model, 98, gather=gather))
-    assert disagreement(nat, HFEngine(model, 98, gather=gather)) is None
+    hf = HFEngine(model, 98, gather=gather)
+    engine, reason = checked_engine(model, 98, hf)
+    assert reason is None and engine.gather == gather
+    same_calls(engine, hf)
 
 
 def test_stacked_weights_are_views_and_reused():
@@ -102,6 +104,29 @@ def test_stacked_weights_are_views_and_reused():
     assert attn.k_proj.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert NativeEngine(model, 98).layers[0].qkv is first.layers[0].qkv
+
+
+def test_stacks_replace_the_layers_packed_copies_and_are_probed_once(monkeypatch):
+    """With prepacked layers, the engine's stacked copy stands in for the layers' own (no weight is
+    packed twice); a second engine over the same model (a sweep's next cell) is not probed again."""
+    model = build("llama", prepack=True)
+    probed = []
+    real = native._probe
+    monkeypatch.setattr(native, "_probe", lambda engine: probed.append(engine.kind) or real(engine))
+    assert make_engine(model, 98).kind == "native" and probed == ["hf", "native"]
+    attn = model.model.layers[0].self_attn
+    assert not any(_PACKED in m.__dict__ for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+    assert _PACKED in attn.o_proj.__dict__  # packed on its first forward, in the probe
+    assert make_engine(model, 98).kind == "native" and probed == ["hf", "native"]
+
+
+def test_a_model_with_stacks_copies():
+    """Stacks live beside the model, not in it: deepcopy (oneDNN copies cannot be copied) works."""
+    model = build("qwen2", prepack=True)
+    make_engine(model, 98)
+    twin = copy.deepcopy(model)
+    assert make_engine(twin, 98).kind == "native"
+    same_calls(make_engine(twin, 98), HFEngine(model, 98))
 
 
 def test_prepacked_stack_follows_a_changed_weight():
@@ -131,7 +156,8 @@ def test_a_disagreeing_native_forward_is_not_used(monkeypatch, caplog):
     model = build("llama", prepack=True)
     real = native.rms_norm
     monkeypatch.setattr(native, "rms_norm", lambda x, norm: real(x, norm) * 1.001)
-    assert "logits differ by up to" in disagreement(NativeEngine(model, 98), HFEngine(model, 98))
+    engine, reason = checked_engine(model, 98, HFEngine(model, 98))
+    assert engine is None and reason.startswith("logits differ by up to")
     with caplog.at_level(logging.WARNING, logger="lm_eval_routed.runtime"):
         assert make_engine(model, 98).kind == "hf"
     assert "native engine disagrees" in caplog.text
