@@ -6,6 +6,7 @@ Prints ratios, not absolute times (shared machines make absolute times noise):
                          copies, padding waste, re-prefill);
   * routed / LLM-only -- throughput against plain ``generate`` of the LLM at the same batch size;
   * LLM forwards per 100 generated tokens, for the pause-and-batch schedule and for lockstep;
+  * peak memory of a routed run over what the two plain models' runs would need together;
   * guesses right -- with ``guess_ahead``, the share of checked guesses the LLM agreed with;
   * speculative vs transformers' assisted generation; routed llm-only vs lm-eval's ``hf`` (docs/s).
 
@@ -48,6 +49,41 @@ PROMPTS = [
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory over a call: CUDA's allocator peak, or the process's peak resident set on Linux
+    (reset through /proc/self/clear_refs); None where neither can be read."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def now(self) -> int | None:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        return self._status("VmRSS")
+
+    def during(self, fn: Callable, *args) -> tuple:
+        """``fn(*args)`` and the peak bytes while it ran."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return fn(*args), torch.cuda.max_memory_allocated(self.device)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak restarts from now
+        except OSError:
+            return fn(*args), None
+        return fn(*args), self._status("VmHWM")
+
+    @staticmethod
+    def _status(field: str) -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
 
 
 class PlainCosts:
@@ -223,6 +259,7 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
     gets the table so far after every repeat, so a run cut short keeps what it measured.
     """
     base = rt_for({"router": "slm-only"})
+    memory = PeakMemory(base.device)
     plain = PlainCosts(
         base, kv_len=len(requests(base, 1, args.tokens)[0].prompt_ids) + args.tokens // 2
     )
@@ -241,18 +278,24 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
             started = time.perf_counter()
             record = samples if rep >= 0 else defaultdict(list)
             plain.reset()
-            llm_s = run_plain(base.llm, base, batch, args.tokens, n)
-            slm_s = run_plain(base.slm, base, batch, args.tokens, n)
+            # both models stay loaded: what each plain run adds on top of that is its own peak, and
+            # the two plain models run apart would need both weights plus both additions
+            held = memory.now()
+            llm_s, llm_peak = memory.during(run_plain, base.llm, base, batch, args.tokens, n)
+            slm_s, slm_peak = memory.during(run_plain, base.slm, base, batch, args.tokens, n)
+            both = None if None in (held, llm_peak, slm_peak) else llm_peak + slm_peak - held
             record["plain slm generate"].append({"speedup_vs_llm_generate": llm_s / slm_s})
             for name, extra in cases:
                 llm_s = run_plain(base.llm, base, batch, args.tokens, n)
-                run = run_routed(rt_for(extra), batch, args.tokens, n)
+                run, peak = memory.during(run_routed, rt_for(extra), batch, args.tokens, n)
                 figures = {
                     "llm_share": run["llm_share"],
                     "ratio_vs_ideal": run["wall_s"] / plain.ideal_s(run["trace"]),
                     "speedup_vs_llm_generate": llm_s / run["wall_s"],
                     "llm_forwards_per_100_tokens": run["llm_forwards_per_100"],
                 }
+                if both and peak:
+                    figures["peak_memory_vs_plain_pair"] = peak / both
                 if run["guesses_right"] is not None:
                     figures["guesses_right"] = run["guesses_right"]
                 if name == "speculative":
@@ -300,6 +343,7 @@ def format_row(row: dict) -> str:
         ("ratio_vs_ideal", "meas/ideal"),
         ("speedup_vs_llm_generate", "vs LLM gen"),
         ("llm_forwards_per_100_tokens", "LLM fwd/100tok"),
+        ("peak_memory_vs_plain_pair", "peak mem/plain pair"),
         ("ratio_vs_assisted_generation", "vs assisted"),
         ("guesses_right", "guesses right"),
     ):
