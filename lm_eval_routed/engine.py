@@ -137,11 +137,13 @@ class HFEngine:
         tokens: list[list[int]],
         all_logits: bool = False,
         at: list[list[int]] | None = None,
+        whole_head: bool = False,
     ) -> ForwardOut:
         """Run ``tokens[i]`` for slot ``rows[i]`` whose cache holds ``lengths[i]`` tokens.
 
         Logits come at each row's last new token, at every new token (``all_logits``), or at the
-        new-token indices ``at[i]`` (then ``(b, max_i len(at[i]), V)``, zero-padded).
+        new-token indices ``at[i]`` (then ``(b, max_i len(at[i]), V)``, zero-padded); over the
+        vocabulary both models share, or over this model's whole head (``whole_head``: scoring).
         """
         order = sorted(range(len(rows)), key=rows.__getitem__)  # packed in slot order
         plan = cache.prepare(
@@ -167,8 +169,8 @@ class HFEngine:
         hidden = self._hidden(ids, plan, cache)
         last_hidden = hidden[last_t]
         if at is None:
-            return ForwardOut(logits=self._logits(last_hidden), hidden=last_hidden)
-        flat_logits = self._logits(hidden[picked_t])
+            return ForwardOut(logits=self._logits(last_hidden, whole_head), hidden=last_hidden)
+        flat_logits = self._logits(hidden[picked_t], whole_head)
         logits = flat_logits.new_zeros(len(rows), max(map(len, at)), flat_logits.shape[-1])
         k = 0
         for i, js in enumerate(at):
@@ -189,10 +191,11 @@ class HFEngine:
             )
         return out.last_hidden_state[0]
 
-    def _logits(self, hidden: Tensor) -> Tensor:
+    def _logits(self, hidden: Tensor, whole_head: bool = False) -> Tensor:
         """LM head over (n, H) rows, padded to a GEMM-friendly row count; float32 (n, V)."""
         n = hidden.shape[0]
         pad = round_up(n, self.pad_multiple) - n
         if pad:
             hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
-        return self.head(hidden)[:n, : self.vocab_size].float()
+        logits = self.head(hidden)[:n]
+        return (logits if whole_head else logits[:, : self.vocab_size]).float()

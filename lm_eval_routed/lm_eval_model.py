@@ -1,7 +1,8 @@
 """`routed` for lm-evaluation-harness: a thin translation of lm-eval requests onto the MixedDecoder.
 
 Generation goes through the shared ``RoutedRuntime``; log-likelihood requests are scored by the LLM
-alone (and their accounting says so), an empty context after BOS as lm-eval's ``hf`` scores it. Each
+alone through the same runtime (``RoutedRuntime.score``, and their accounting says so), an empty
+context after BOS as lm-eval's ``hf`` scores it. Each
 sample's accounting record is kept in ``RECORDS`` (the latest evaluation of each task) until lm-eval
 writes its sample log, where ``attach_records`` adds it under the key ``"routed"`` and writes
 the project's own JSONL beside it.
@@ -18,7 +19,6 @@ from typing import Any
 
 import jsonlines
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import (
     get_rolling_token_windows,
@@ -254,7 +254,7 @@ class RoutedLM(TemplateLM):
         windows = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in requests]
         n_conts = [len(cont) for _, _, cont in requests]
         self._ll_tokens = [len(w) - 1 for w in windows]
-        return self._score(windows, n_conts, disable_tqdm)
+        return self.runtime.score(windows, n_conts, quiet=disable_tqdm or bool(self.rank))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Rolling-window log-likelihood of whole texts under the LLM."""
@@ -271,41 +271,13 @@ class RoutedLM(TemplateLM):
                     context_len=1,
                 )
             ]
-            scored = self._score([c + t for c, t in wins], [len(t) for _, t in wins], True)
+            scored = self.runtime.score([c + t for c, t in wins], [len(t) for _, t in wins])
             totals.append(sum(lp for lp, _ in scored))
             self._keep_scored(
                 _key(inst, repeat_of, text), sum(len(c) + len(t) - 1 for c, t in wins)
             )
         self._share()
         return totals
-
-    @torch.inference_mode()
-    def _score(self, windows: list[list[int]], n_conts: list[int], quiet: bool):
-        """(sum log p(continuation), continuation is greedy) for each token window, batched.
-
-        Longest windows first, as lm-eval's ``hf`` does: batches of like lengths pad less, and a
-        batch too large for memory fails at once. Only the continuation's positions are normalized.
-        """
-        llm, step = self.runtime.llm, self.cfg.batch_size
-        order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
-        out: list[tuple[float, bool]] = [(0.0, True)] * len(windows)  # empty continuations stay
-        for start in tqdm(range(0, len(order), step), desc="routed loglikelihood", disable=quiet):
-            picked = order[start : start + step]
-            batch = [windows[i] for i in picked]
-            width = max(len(w) - 1 for w in batch)
-            ids = torch.tensor([w[:-1] + [0] * (width - len(w) + 1) for w in batch])
-            mask = torch.tensor([[1] * (len(w) - 1) + [0] * (width - len(w) + 1) for w in batch])
-            logits = llm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            for row, i in zip(logits, picked):
-                w, n = windows[i], n_conts[i]
-                if n == 0:
-                    continue
-                # (n, V): the predictions of the continuation's tokens
-                span = F.log_softmax(row[len(w) - 1 - n : len(w) - 1].float(), dim=-1).cpu()
-                target = torch.tensor(w[-n:])
-                total = span.gather(-1, target[:, None]).sum().item()
-                out[i] = (total, bool((span.argmax(-1) == target).all()))
-        return out
 
     def _keep_scored(self, key: dict, llm_tokens: int) -> None:
         tally = SampleTally(llm_forward_tokens=llm_tokens, llm_calls=1)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from lm_eval_routed.accounting import CostModel, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
@@ -93,6 +95,32 @@ class RoutedRuntime:
     def generate(self, requests: list[GenRequest], on_done=None) -> list[GenResult]:
         """Run the decoder over ``requests`` at the configured batch size."""
         return self.decoder.generate(requests, self.cfg.batch_size, on_done=on_done)
+
+    @torch.inference_mode()
+    def score(
+        self, windows: list[list[int]], n_conts: list[int], quiet: bool = True
+    ) -> list[tuple[float, bool]]:
+        """(sum of log p, all greedy) of the last ``n_conts[i]`` tokens of each token window, under
+        the LLM alone. Windows go longest first, ``batch_size`` at a time, packed into one forward
+        each (no padding), and only the continuation's positions get logits."""
+        engine, step = self.decoder.llm, self.cfg.batch_size
+        todo = sorted(
+            (i for i in range(len(windows)) if n_conts[i]), key=lambda i: -len(windows[i])
+        )
+        scores: list[tuple[float, bool]] = [(0.0, True)] * len(windows)  # empty continuations
+        cache = engine.new_cache(step, len(windows[todo[0]])) if todo else None  # the longest
+        for start in tqdm(range(0, len(todo), step), desc="routed loglikelihood", disable=quiet):
+            picked = todo[start : start + step]
+            inputs = [windows[i][:-1] for i in picked]  # position j predicts token j + 1
+            at = [list(range(len(x) - n_conts[i], len(x))) for x, i in zip(inputs, picked)]
+            rows = list(range(len(picked)))  # from empty: each batch overwrites the cache's rows
+            out = engine.forward(cache, rows, [0] * len(rows), inputs, at=at, whole_head=True)
+            for row, i in zip(rows, picked):
+                span = F.log_softmax(out.logits[row, : n_conts[i]], dim=-1).cpu()
+                target = torch.tensor(windows[i][-n_conts[i] :])
+                total = span.gather(-1, target[:, None]).sum().item()
+                scores[i] = (total, bool((span.argmax(-1) == target).all()))
+        return scores
 
     def info(self) -> dict[str, Any]:
         """Run-level info recorded next to results (model ids, router, costs, versions)."""

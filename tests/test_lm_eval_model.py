@@ -166,3 +166,20 @@ def test_lm_eval_flags_and_model_args_merge(monkeypatch, model_args, flags, want
             dict(p.split("=") for p in model_args.split(",")), flags
         )
     assert (seen["cfg"].batch_size, seen["cfg"].device) == want
+
+
+def test_scoring_normalizes_over_the_llms_whole_head(pair, tokenizer):
+    """Routing cuts logits to the vocabulary both models share; scoring is the LLM's alone and
+    normalizes over its whole head (models of one tokenizer may pad their heads differently)."""
+    from helpers import tiny_llama
+
+    llm = tiny_llama(2, seed=7, vocab=104)  # six head rows past the SLM's 98
+    cfg = load_config({"router": "llm-only", "cost_slm": "0:0", "cost_llm": "0:0"})
+    lm = RoutedLM.from_runtime(build_runtime(cfg, slm=pair[0], llm=llm, tokenizer=tokenizer))
+    assert lm.runtime.decoder.llm.vocab_size == 98
+    ((logp, _),) = lm.loglikelihood([inst("loglikelihood", ("abc", "d"))], disable_tqdm=True)
+    ids = tokenizer("abcd")["input_ids"]
+    with torch.no_grad():
+        logits = llm(torch.tensor([ids[:-1]])).logits[0, -1]
+    assert logp == pytest.approx(torch.log_softmax(logits, -1)[ids[-1]].item(), abs=1e-4)
+    assert logp != pytest.approx(torch.log_softmax(logits[:98], -1)[ids[-1]].item(), abs=1e-4)
