@@ -55,7 +55,7 @@ def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
 
 def _pack(module: nn.Linear) -> Tensor:
     packed = pack(module.weight)
-    setattr(module, _PACKED, (packed, module.weight.data_ptr(), _version(module.weight)))
+    setattr(module, _PACKED, (packed, *weight_stamp(module.weight)))
     return packed
 
 
@@ -87,8 +87,8 @@ class PackedLinear(nn.Linear):
             if x.dtype != self.weight.dtype or not supported(x.dtype):
                 return F.linear(x, self.weight, self.bias)  # cast: the plain path
             return packed_linear(x, _pack(self), self.bias)
-        packed, ptr, version = cached
-        if self.weight.data_ptr() != ptr or _version(self.weight) != version:
+        packed, *stamp = cached
+        if tuple(stamp) != weight_stamp(self.weight):
             packed = _pack(self)  # the weight was replaced or written in place
         return packed_linear(x, packed, self.bias)
 
