@@ -58,13 +58,18 @@ def unsupported(model: nn.Module) -> str | None:
         for part, (module, name) in expected.items():
             if type(module).__name__ != name:
                 return f"its {part} is {type(module).__name__}, not {name}"
-        projections = [attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj]
-        if any(type(p) not in (nn.Linear, cpu_linear.PackedLinear) for p in projections):
-            return "its projections are not plain linear layers (quantized?)"
-        for group in ([attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]):
+        for group, _ in _stackable(layer):
+            if any(type(p) not in (nn.Linear, cpu_linear.PackedLinear) for p in group):
+                return "its projections are not plain linear layers (quantized?)"
             if len({p.bias is None for p in group}) > 1:
                 return "some of its fused projections have biases and some do not"
     return None
+
+
+def _stackable(layer: nn.Module) -> list[tuple[list[nn.Linear], nn.Module]]:
+    """A layer's linears that read one input (q/k/v, gate/up), each with the module that owns them."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return [([attn.q_proj, attn.k_proj, attn.v_proj], attn), ([mlp.gate_proj, mlp.up_proj], mlp)]
 
 
 class _Matmul:
@@ -127,32 +132,19 @@ def _stacked(linears: list[nn.Linear], owner: nn.Module) -> _Matmul:
     return stack
 
 
-def _groups(model: nn.Module) -> list[tuple[list[nn.Linear], nn.Module]]:
-    """Each layer's linears that read one input, with the module their stack is kept on."""
-    out = []
-    for layer in model.get_decoder().layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        out += [
-            ([attn.q_proj, attn.k_proj, attn.v_proj], attn),
-            ([mlp.gate_proj, mlp.up_proj], mlp),
-        ]
-    return out
-
-
 class _Layer:
     """One decoder layer's weights, in the shape the loop reads them."""
 
     def __init__(self, layer: nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.index = attn.layer_idx
-        self.qkv = _stacked([attn.q_proj, attn.k_proj, attn.v_proj], attn)
-        nq, nkv = attn.q_proj.out_features, attn.k_proj.out_features
-        self.split = (nq, nkv, nkv)
+        self.qkv, self.gate_up = (_stacked(group, owner) for group, owner in _stackable(layer))
+        self.nq, self.nkv = attn.q_proj.out_features, attn.k_proj.out_features
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.q_heads = self.nq // self.head_dim
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.o_proj = attn.o_proj
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
-        self.gate_up = _stacked([mlp.gate_proj, mlp.up_proj], mlp)
         self.inter, self.act, self.down_proj = mlp.gate_proj.out_features, mlp.act_fn, mlp.down_proj
 
 
@@ -188,12 +180,11 @@ class NativeEngine(HFEngine):
         cos, sin = base.rotary_emb(h, plan.positions)  # (1, S, D) each
         cos, sin = cos[0, :, None], sin[0, :, None]  # broadcast over heads
         for layer in self.layers:
-            d = layer.head_dim
-            nq, nkv, _ = layer.split
+            d, nq, nkv = layer.head_dim, layer.nq, layer.nkv
             x = layer.qkv(rms_norm(h, layer.norm1))
             if layer.q_norm is None:  # rotate q and k as one tensor: fewer ops, the same values
                 qk = rotate(x[:, : nq + nkv].view(width, -1, d), cos, sin)
-                q, k = qk[:, : nq // d], qk[:, nq // d :]
+                q, k = qk[:, : layer.q_heads], qk[:, layer.q_heads :]
             else:  # Qwen3 normalizes each head before the rotation
                 q = rotate(rms_norm(x[:, :nq].view(width, -1, d), layer.q_norm), cos, sin)
                 k = rotate(rms_norm(x[:, nq : nq + nkv].view(width, -1, d), layer.k_norm), cos, sin)
@@ -212,19 +203,18 @@ def checked_engine(
     """A ``NativeEngine`` over ``model`` that agrees with ``hf`` on a probe (two prompts, then a decode
     step): bitwise on the CPU, within ``ROUNDING_TOLERANCE`` elsewhere. Stacks that passed before are
     not probed again. Returns (engine, None), or (None, why) with the stacks dropped."""
-    probed = not all(
-        _kept(linears, owner) and _STACKS[owner].checked for linears, owner in _groups(model)
-    )
+    groups = [g for layer in model.get_decoder().layers for g in _stackable(layer)]
+    probed = not all((stack := _kept(*g)) and stack.checked for g in groups)
     expected = _probe(hf) if probed else None  # before stacking: hf reads the layers' own copies
     engine = NativeEngine(model, vocab_size, gather=hf.gather, repeat_kv=hf.repeat_kv)
     if probed:
         reason = _differ(_probe(engine), expected, engine.device)
         if reason:
-            for _, owner in _groups(model):
+            for _, owner in groups:
                 _STACKS.pop(owner, None)
             return None, reason
-        for _, owner in _groups(model):
-            _STACKS[owner].checked = True
+        for layer in engine.layers:
+            layer.qkv.checked = layer.gate_up.checked = True
     return engine, None
 
 
