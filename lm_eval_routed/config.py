@@ -40,7 +40,7 @@ class RoutedConfig:
     batch_size: int = 1
     max_length: int | None = None  # prompt + generation budget; default: the LLM's context size
     max_gen_toks: int = 256
-    llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = half the rows in flight
+    llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = from the costs (schedule.py)
     guess_ahead: int = 0  # per-token, greedy: tokens a routed row decodes on the SLM's guess
     prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
     engine: str = "auto"  # auto: native where the model is covered and agrees with hf; native; hf
@@ -70,7 +70,9 @@ class RoutedConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be a positive integer")
         if self.llm_min_batch < 0:
-            raise ConfigError("llm_min_batch must be >= 0 (0 picks it from the rows in flight)")
+            raise ConfigError(
+                "llm_min_batch must be >= 0 (0: the schedule weighs the two models' costs)"
+            )
         if self.guess_ahead < 0:
             raise ConfigError(
                 "guess_ahead must be >= 0 (0: a routed row waits for the LLM at once)"

@@ -4,8 +4,10 @@ One loop serves every policy. Each iteration:
   1. the SLM steps every row that is not waiting (one packed forward; catch-up tokens included);
   2. the router marks rows whose next position goes to the LLM: they start waiting, their SLM token
      is dropped (nothing to roll back: it was never committed);
-  3. once ``llm_min_batch`` rows wait, or every unfinished row does, the LLM runs one forward over the
-     waiting rows, each over all the tokens it has not seen yet, and commits their tokens.
+  3. when the schedule says so (schedule.py: by default once another SLM step over the rows still
+     decoding would gain tokens more slowly than an LLM forward now; always once every unfinished
+     row waits), the LLM runs one forward over the waiting rows, each over all the tokens it has
+     not seen yet, and commits them.
 Stitch mode (R-Stitch) differs only in that a row stays waiting while the router lets the LLM keep
 control; speculative mode drafts ``gamma`` SLM tokens before waiting and the LLM verifies them.
 Finished rows hand their slot to the next request (continuous batching).
@@ -35,6 +37,7 @@ from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.routers.base import Router, StepView
 from lm_eval_routed.rows import GenRequest, GenResult, Row, seeded_generator
 from lm_eval_routed.sampling import accept_drafts, draw, filtered_probs
+from lm_eval_routed.schedule import LLMSchedule
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class MixedDecoder:
         self.costs = costs
         self.params = params  # (P_slm, P_llm, P_router) charged per token
         self.eos_ids = eos_ids
-        self.llm_min_batch = llm_min_batch
+        self.schedule = LLMSchedule(costs, llm_min_batch)
         self.guess_ahead = guess_ahead if router.mode == "token" else 0
         self.guess_record = [0, 0]  # guesses right, guesses checked (this generate call)
         self.gamma = getattr(router, "gamma", 0)
@@ -98,6 +101,7 @@ class MixedDecoder:
             "llm": self.llm.new_cache(slots, capacity),
         }
         self.guess_record = [0, 0]
+        self.schedule.llm_ran()
         results: list[GenResult | None] = [None] * len(requests)
         for index, req in enumerate(requests):
             if req.max_new_tokens < 1:  # nothing to write: no slot, no forward
@@ -138,29 +142,18 @@ class MixedDecoder:
 
     def _step(self, active: list[Row], caches: dict) -> None:
         drafting = [r for r in active if not r.waiting]
+        moving = len(drafting)  # rows routed before the SLM step move on too: to the LLM
         routed = None
         if self.blind:
             drafting, routed = self._pre_route(drafting)
-        if drafting:
-            self._slm_forward(drafting, caches["slm"], routed)
+        fed = self._slm_forward(drafting, caches["slm"], routed) if drafting else 0
+        self.schedule.slm_step(moving, fed)
         waiting = [r for r in active if r.waiting and not r.finish]
-        if not waiting:
-            return
-        if self._llm_due(waiting, sum(1 for r in active if not r.finish)):
+        if self.schedule.due(len(waiting), sum(1 for r in active if not r.finish)):
             # rows still guessing ride along: the forward costs little more with them
             riders = [r for r in active if r.guesses and not r.waiting and not r.finish]
             self._llm_step(waiting + riders, caches["llm"])
-
-    def _llm_due(self, waiting: list[Row], unfinished: int) -> bool:
-        """Whether the LLM runs now over the waiting rows (pause-and-batch scheduling).
-
-        An LLM forward costs about the same for one row as for several (its weights are read once),
-        while a waiting row sits out SLM steps. The LLM runs once ``llm_min_batch`` rows wait (by
-        default half the rows in flight, so a shrinking tail does not idle), and always when every
-        unfinished row waits, which is what keeps the loop from deadlocking.
-        """
-        min_batch = self.llm_min_batch or max(1, (unfinished + 1) // 2)
-        return len(waiting) >= min_batch or len(waiting) == unfinished
+            self.schedule.llm_ran(sum(1 for r in waiting if r.waiting))
 
     def _pre_route(self, rows: list[Row]) -> tuple[list[Row], list[bool]]:
         """Blind policies decide first; rows they send to the LLM skip this SLM step unless they
@@ -195,7 +188,8 @@ class MixedDecoder:
 
     # -- the two models' steps -----------------------------------------------------------------
 
-    def _slm_forward(self, rows: list[Row], cache, routed: list[bool] | None) -> None:
+    def _slm_forward(self, rows: list[Row], cache, routed: list[bool] | None) -> int:
+        """One SLM step over ``rows``; returns the tokens it fed."""
         start = time.perf_counter()
         out, fed = self._forward("slm", rows, cache)
         tokens, probs = self._choose(out.logits, rows)
@@ -205,7 +199,7 @@ class MixedDecoder:
                 row.draft_probs.append(prob)
                 row.waiting = len(row.drafts) >= self._draft_budget(row) or token in self.eos_ids
             self._charge(rows, fed, time.perf_counter() - start)
-            return
+            return sum(fed)
         if routed is None:  # the router looks at this forward
             gens = [r.route_gen for r in rows]
             routed = self.router.route(
@@ -224,6 +218,7 @@ class MixedDecoder:
             else:
                 self._commit(row, token, "slm")
         self._charge(rows, fed, time.perf_counter() - start)
+        return sum(fed)
 
     def _guess(self, row: Row, token: int, routed: bool) -> None:
         """Hold ``token`` unverified; the row waits once its guesses reach ``guess_ahead`` tokens."""

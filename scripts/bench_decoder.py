@@ -468,17 +468,17 @@ def main() -> None:
     )
     args = ap.parse_args()
 
+    costs: dict = {}  # measured once (the default schedule reads them), then shared by every case
+
     def config(extra: dict):
-        # cost constants are irrelevant here: skip their start-up measurement
         return load_config(
             {
                 "config": args.config,
                 "dtype": args.dtype,
                 "slm_dtype": args.slm_dtype,
-                "cost_slm": "0:0",
-                "cost_llm": "0:0",
                 "prepack": not args.no_prepack,
                 "engine": args.engine,
+                **costs,
                 **extra,
             }
         )
@@ -494,6 +494,12 @@ def main() -> None:
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
     first = build_runtime(config({"router": "slm-only"}))
+    measured = first.decoder.costs
+    costs.update(
+        cost_slm="{}:{}".format(*measured.slm),
+        cost_llm="{}:{}".format(*measured.llm),
+        cost_router="0",
+    )
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0
     gather = {"auto": None, "rows": False, "gather": True}[args.attention]
@@ -517,6 +523,7 @@ def main() -> None:
         "repeat_kv": args.repeat_kv,
         "repeat_kv_heads": first.decoder.llm.repeat_kv if repeat_kv is None else repeat_kv,
         "warmup": args.warmup,
+        "costs": {"slm": list(measured.slm), "llm": list(measured.llm)},  # the schedule's
         "tokens": args.tokens,
         "complete": False,
     }

@@ -1,0 +1,62 @@
+"""When the LLM runs over the rows waiting for it (pause-and-batch scheduling).
+
+An LLM forward costs a fixed part (its weights are read once, its kernels launched once) plus a part
+per token; every generated token passes through the LLM once whatever the schedule, so a schedule
+only decides how often the fixed part is paid. Waiting for more rows pays it less often, but a
+waiting row sits out SLM steps, and an SLM step over few rows still costs most of a full one.
+
+The default rule weighs the two with the run's cost model (measured at start-up, or ``cost_slm`` /
+``cost_llm``). Between two LLM forwards the decoder collects tokens: every row that takes an SLM
+step (or is routed before it) adds one, committed or pending for the LLM. The LLM runs as soon as
+one more SLM step over the rows still decoding would add tokens more slowly than the cycle would
+yield them if the LLM ran now: the tokens collected since the last forward over their time plus the
+LLM's fixed cost (each token's own LLM cost is counted on both sides, it is paid either way). That
+is the marginal value theorem's rule for leaving a patch: it maximises tokens per second when the
+gain of an extra step falls as rows start waiting. On the demo pair it was as fast as the best
+fixed ``llm_min_batch`` at every LLM share measured (docs/performance.md), with no number to choose
+per machine.
+
+A fixed ``llm_min_batch`` overrides the rule (``schedule=lockstep`` is ``llm_min_batch=1``). Without
+usable costs (an LLM forward priced at zero), the LLM runs once half the rows in flight wait.
+Whatever the rule, the LLM runs when every unfinished row waits, so the loop never deadlocks; and
+no rule changes a sample's tokens, only when they are computed.
+"""
+
+from __future__ import annotations
+
+from lm_eval_routed.accounting import CostModel
+
+
+class LLMSchedule:
+    """Decides, after each SLM step, whether the LLM runs now over the waiting rows."""
+
+    def __init__(self, costs: CostModel, min_batch: int = 0) -> None:
+        self.costs = costs
+        self.min_batch = min_batch  # 0: the cost rule above
+        self.priced = costs.llm[0] > 0 and costs.forward_s("slm", 1) > 0
+        self.gain = 0  # tokens collected since the last LLM forward
+        self.spent = 0.0  # their modeled seconds: SLM steps, and each token's LLM share
+
+    def slm_step(self, rows: int, tokens_fed: int) -> None:
+        """Count an SLM step in which ``rows`` rows moved on, feeding ``tokens_fed`` tokens."""
+        self.gain += rows
+        self.spent += self.costs.forward_s("slm", tokens_fed) + rows * self.costs.llm[1]
+
+    def llm_ran(self, still_waiting: int = 0) -> None:
+        """The LLM served the waiting rows: a new collection starts, holding the rows that wait
+        again at once (stitch mode: the LLM keeps control) since their next token is due too."""
+        self.gain, self.spent = still_waiting, still_waiting * self.costs.llm[1]
+
+    def due(self, waiting: int, unfinished: int) -> bool:
+        """Whether the LLM runs now, with ``waiting`` of ``unfinished`` rows waiting for it."""
+        if waiting == 0:
+            return False
+        if waiting == unfinished:
+            return True
+        if self.min_batch:
+            return waiting >= self.min_batch
+        if not self.priced:
+            return waiting >= (unfinished + 1) // 2
+        decoding = unfinished - waiting
+        step = self.costs.forward_s("slm", decoding) + decoding * self.costs.llm[1]
+        return decoding / step < self.gain / (self.spent + self.costs.llm[0])

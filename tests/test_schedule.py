@@ -1,0 +1,80 @@
+"""When the LLM runs: the cost rule, a fixed llm_min_batch, and the fallback without costs."""
+
+from __future__ import annotations
+
+import pytest
+from test_decoder_fidelity import requests
+
+from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.schedule import LLMSchedule
+
+
+def fires_at(schedule: LLMSchedule, rows: int = 8) -> int:
+    """The fewest waiting rows (of ``rows`` unfinished) for which the schedule runs the LLM."""
+    return next(w for w in range(1, rows + 1) if schedule.due(w, rows))
+
+
+def collected(llm_fixed: float, steps: int = 2) -> LLMSchedule:
+    """A schedule after ``steps`` SLM steps over 8 rows; an SLM step costs 10 ms, tokens nothing."""
+    schedule = LLMSchedule(CostModel(slm=(0.01, 0.0), llm=(llm_fixed, 0.0)))
+    for _ in range(steps):
+        schedule.slm_step(8, 8)
+    return schedule
+
+
+def test_cost_rule_thresholds():
+    # 16 tokens over 20 ms; with 8 - w rows decoding, one more step gains (8 - w) / 10 ms.
+    # LLM at 10 ms: run once (8 - w) / 0.01 < 16 / 0.03, i.e. w >= 3.
+    assert fires_at(collected(0.01)) == 3
+    # LLM at 100 ms: 16 / 0.12 = 133 tokens/s, so run only once a single row is left decoding.
+    assert fires_at(collected(0.1)) == 7
+
+
+def test_dearer_llm_waits_for_more_rows():
+    thresholds = [fires_at(collected(f)) for f in (0.001, 0.01, 0.03, 0.1, 1.0)]
+    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+
+
+def test_a_fresh_collection_waits():
+    schedule = collected(0.01)
+    assert schedule.due(4, 8)
+    schedule.llm_ran()
+    assert not schedule.due(4, 8)  # nothing collected yet: another SLM step gains more
+    schedule.llm_ran(still_waiting=4)  # stitch rows the LLM keeps count as collected
+    assert schedule.gain == 4
+
+
+@pytest.mark.parametrize("min_batch", [0, 1, 3, 8])
+@pytest.mark.parametrize("llm", [(0.0, 0.0), (0.01, 0.0), (10.0, 0.0)])
+def test_never_deadlocks_never_runs_idle(min_batch, llm):
+    schedule = LLMSchedule(CostModel(slm=(0.01, 0.0), llm=llm), min_batch)
+    for unfinished in (1, 5, 8):
+        assert schedule.due(unfinished, unfinished)
+        assert not schedule.due(0, unfinished)
+
+
+def test_fixed_min_batch_and_fallback():
+    costs = CostModel(slm=(0.01, 0.0), llm=(1.0, 0.0))
+    assert fires_at(LLMSchedule(costs, min_batch=3)) == 3
+    unpriced = LLMSchedule(CostModel(slm=(0.0, 0.0), llm=(0.0, 0.0)))
+    assert fires_at(unpriced) == 4  # half the rows in flight
+    assert fires_at(unpriced, rows=5) == 3
+
+
+def llm_forwards(make_runtime, tokenizer, cost_llm: str) -> tuple[list[list[int]], list[list[int]]]:
+    """Outputs and the rows fed per LLM forward of one batch-8 run at r = 0.25."""
+    rt = make_runtime(router="random", p="0.25", batch_size=8, cost_llm=cost_llm)
+    rt.decoder.trace = []
+    out = [r.token_ids for r in rt.generate(requests(tokenizer))]
+    return out, [fed for model, fed in rt.decoder.trace if model == "llm"]
+
+
+def test_decoder_follows_the_costs(make_runtime, tokenizer):
+    cheap_out, cheap = llm_forwards(make_runtime, tokenizer, "0.00001:0")
+    dear_out, dear = llm_forwards(make_runtime, tokenizer, "10:0")
+    assert cheap_out == dear_out  # the schedule moves forwards, never tokens
+    assert len(dear) < len(cheap)
+    # an LLM priced far above an SLM step waits for more rows per forward
+    assert sum(len(rows) for rows in dear) / len(dear) > sum(len(rows) for rows in cheap) / len(
+        cheap
+    )
