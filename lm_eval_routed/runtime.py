@@ -135,6 +135,7 @@ class RoutedRuntime:
                 "device": str(self.device),
                 "batch_size": self.cfg.batch_size,
                 "llm_min_batch": self.cfg.llm_min_batch,
+                "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
                 "guess_ahead": self.cfg.guess_ahead,
                 "prepacked": self.prepacked,
                 "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},

@@ -37,6 +37,13 @@ class LLMSchedule:
         self.gain = 0  # tokens collected since the last LLM forward
         self.spent = 0.0  # their modeled seconds: SLM steps, and each token's LLM share
 
+    @property
+    def rule(self) -> str:
+        """Which rule decides, for run info: ``llm_min_batch=N``, ``costs`` or ``half the rows``."""
+        if self.min_batch:
+            return f"llm_min_batch={self.min_batch}"
+        return "costs" if self.priced else "half the rows"
+
     def slm_step(self, rows: int, tokens_fed: int) -> None:
         """Count an SLM step in which ``rows`` rows moved on, feeding ``tokens_fed`` tokens."""
         self.gain += rows

@@ -56,7 +56,10 @@ def test_never_deadlocks_never_runs_idle(min_batch, llm):
 def test_fixed_min_batch_and_fallback():
     costs = CostModel(slm=(0.01, 0.0), llm=(1.0, 0.0))
     assert fires_at(LLMSchedule(costs, min_batch=3)) == 3
+    assert LLMSchedule(costs, min_batch=3).rule == "llm_min_batch=3"
+    assert LLMSchedule(costs).rule == "costs"
     unpriced = LLMSchedule(CostModel(slm=(0.0, 0.0), llm=(0.0, 0.0)))
+    assert unpriced.rule == "half the rows"
     assert fires_at(unpriced) == 4  # half the rows in flight
     assert fires_at(unpriced, rows=5) == 3
 
@@ -67,6 +70,14 @@ def llm_forwards(make_runtime, tokenizer, cost_llm: str) -> tuple[list[list[int]
     rt.decoder.trace = []
     out = [r.token_ids for r in rt.generate(requests(tokenizer))]
     return out, [fed for model, fed in rt.decoder.trace if model == "llm"]
+
+
+def test_run_info_names_the_rule(make_runtime):
+    assert make_runtime().info()["routed"]["llm_runs_by"] == "costs"
+    assert make_runtime(schedule="lockstep").info()["routed"]["llm_runs_by"] == "llm_min_batch=1"
+    assert make_runtime(cost_slm="0:0", cost_llm="0:0").info()["routed"]["llm_runs_by"] == (
+        "half the rows"
+    )
 
 
 def test_decoder_follows_the_costs(make_runtime, tokenizer):
