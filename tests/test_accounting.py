@@ -21,13 +21,20 @@ def test_counts_add_up_for_every_router(make_runtime, tokenizer):
     prompts = ["alpha beta", "gamma", "delta epsilon zeta"]
     for router, extra in [
         ("random", {"p": "0.4"}),
-        ("entropy", {"threshold": "0.95"}),
+        ("entropy", {"threshold": "0.8"}),
         ("speculative", {}),
-        ("entropy-token", {"threshold": "4.5"}),
+        ("entropy-token", {"threshold": "3.6"}),
     ]:
         rt = make_runtime(router=router, batch_size=2, **extra)
         reqs = [GenRequest(tokenizer(p)["input_ids"], 16, seed=i) for i, p in enumerate(prompts)]
-        for req, res in zip(reqs, rt.generate(reqs)):
+        results = rt.generate(reqs)
+        # the routers mix the two models on these prompts (thresholds picked for the tiny pair);
+        # speculative keeps none of the SLM's drafts, since the tiny pair never agrees
+        llm_tokens, tokens = (
+            sum(getattr(r.record, f) for r in results) for f in ("tokens_llm", "tokens")
+        )
+        assert llm_tokens > 0 and (llm_tokens < tokens or router == "speculative")
+        for req, res in zip(reqs, results):
             rec = res.record
             assert rec.tokens == len(res.token_ids)
             assert rec.tokens_slm + rec.tokens_llm == rec.tokens
