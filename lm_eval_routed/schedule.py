@@ -45,9 +45,12 @@ class LLMSchedule:
         return "costs" if self.priced else "half the rows"
 
     def slm_step(self, rows: int, tokens_fed: int) -> None:
-        """Count an SLM step in which ``rows`` rows moved on, feeding ``tokens_fed`` tokens."""
+        """Count an SLM step in which ``rows`` rows moved on, feeding ``tokens_fed`` tokens (0: every
+        row was routed before the SLM ran, so no SLM forward is paid)."""
         self.gain += rows
-        self.spent += self.costs.forward_s("slm", tokens_fed) + rows * self.costs.llm[1]
+        self.spent += rows * self.costs.llm[1]
+        if tokens_fed:
+            self.spent += self.costs.forward_s("slm", tokens_fed)
 
     def llm_ran(self, still_waiting: int = 0) -> None:
         """The LLM served the waiting rows: a new collection starts, holding the rows that wait

@@ -35,6 +35,14 @@ def test_dearer_llm_waits_for_more_rows():
     assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
 
 
+def test_rows_routed_before_the_slm_cost_no_slm_forward():
+    schedule = LLMSchedule(CostModel(slm=(0.01, 0.001), llm=(0.05, 0.002)))
+    schedule.slm_step(3, 0)  # a blind router sent all three rows to the LLM
+    assert schedule.gain == 3 and schedule.spent == pytest.approx(3 * 0.002)
+    schedule.slm_step(2, 2)
+    assert schedule.gain == 5 and schedule.spent == pytest.approx(5 * 0.002 + 0.01 + 2 * 0.001)
+
+
 def test_a_fresh_collection_waits():
     schedule = collected(0.01)
     assert schedule.due(4, 8)
