@@ -243,6 +243,16 @@ def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFE
     return hf
 
 
+def with_costs(cfg: RoutedConfig, costs: CostModel) -> RoutedConfig:
+    """``cfg`` with the cost constants it leaves to measurement taken from ``costs`` (another runtime
+    over the same pair), so runs share one cost model, and with it their schedule, and measure once."""
+    return cfg.replace(
+        cost_slm=cfg.cost_slm or costs.slm,
+        cost_llm=cfg.cost_llm or costs.llm,
+        cost_router=cfg.cost_router or costs.router,
+    )
+
+
 def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:
     if cfg.cost_slm and cfg.cost_llm:
         return CostModel(cfg.cost_slm, cfg.cost_llm, cfg.cost_router or 0.0, source="config")

@@ -32,7 +32,7 @@ from lm_eval_routed.cache import round_up
 from lm_eval_routed.config import ENGINES, load_config
 from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.models import cache_kwarg
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime
+from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
 
 PROMPTS = [
     "Write a short story about a robot who learns to paint.",
@@ -468,8 +468,6 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    costs: dict = {}  # measured once (the default schedule reads them), then shared by every case
-
     def config(extra: dict):
         return load_config(
             {
@@ -478,7 +476,6 @@ def main() -> None:
                 "slm_dtype": args.slm_dtype,
                 "prepack": not args.no_prepack,
                 "engine": args.engine,
-                **costs,
                 **extra,
             }
         )
@@ -494,19 +491,15 @@ def main() -> None:
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
     first = build_runtime(config({"router": "slm-only"}))
-    measured = first.decoder.costs
-    costs.update(
-        cost_slm="{}:{}".format(*measured.slm),
-        cost_llm="{}:{}".format(*measured.llm),
-        cost_router="0",
-    )
+    measured = first.decoder.costs  # once: every case's schedule reads the same costs
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0
     gather = {"auto": None, "rows": False, "gather": True}[args.attention]
     repeat_kv = {"auto": None, "yes": True, "no": False}[args.repeat_kv]
 
     def rt_for(extra: dict) -> RoutedRuntime:
-        rt = build_runtime(config(extra), slm=first.slm, llm=first.llm, tokenizer=first.tokenizer)
+        cfg = with_costs(config(extra), measured)
+        rt = build_runtime(cfg, slm=first.slm, llm=first.llm, tokenizer=first.tokenizer)
         rt.decoder.slm.gather = rt.decoder.llm.gather = gather
         if repeat_kv is not None:  # auto: each engine asked torch's dispatcher when it was built
             rt.decoder.slm.repeat_kv = rt.decoder.llm.repeat_kv = repeat_kv

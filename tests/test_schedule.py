@@ -6,6 +6,8 @@ import pytest
 from test_decoder_fidelity import requests
 
 from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.config import load_config
+from lm_eval_routed.runtime import with_costs
 from lm_eval_routed.schedule import LLMSchedule
 
 
@@ -97,3 +99,9 @@ def test_decoder_follows_the_costs(make_runtime, tokenizer):
     assert sum(len(rows) for rows in dear) / len(dear) > sum(len(rows) for rows in cheap) / len(
         cheap
     )
+
+
+def test_with_costs_fills_only_what_was_left_to_measurement():
+    costs = CostModel(slm=(0.002, 0.0), llm=(0.02, 0.001), router=0.0005)
+    cfg = with_costs(load_config({"cost_llm": "0.05:0"}), costs)
+    assert (cfg.cost_slm, cfg.cost_llm, cfg.cost_router) == ((0.002, 0.0), (0.05, 0.0), 0.0005)

@@ -23,7 +23,7 @@ import jsonlines
 
 from lm_eval_routed.accounting import bare, records_by_sample
 from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime
+from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -146,12 +146,7 @@ def _runtime_for(cfg: RoutedConfig, shared: RoutedRuntime | None) -> RoutedRunti
     if not same:
         return build_runtime(cfg)
     # same pair: reuse the loaded weights and the first cell's measured costs (stable modeled latency)
-    costs = shared.decoder.costs
-    cfg = cfg.replace(
-        cost_slm=cfg.cost_slm or costs.slm,
-        cost_llm=cfg.cost_llm or costs.llm,
-        cost_router=cfg.cost_router or costs.router,
-    )
+    cfg = with_costs(cfg, shared.decoder.costs)
     return build_runtime(cfg, slm=shared.slm, llm=shared.llm, tokenizer=shared.tokenizer)
 
 
