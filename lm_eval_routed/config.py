@@ -42,6 +42,7 @@ class RoutedConfig:
     max_gen_toks: int = 256
     llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = from the costs (schedule.py)
     guess_ahead: int = 0  # per-token, greedy: tokens a routed row decodes on the SLM's guess
+    llm_lookahead: bool = True  # rows still decoding ride along in LLM forwards (decoder.py)
     prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
     engine: str = "auto"  # auto: native where the model is covered and agrees with hf; native; hf
     schedule: str = (

@@ -8,18 +8,17 @@ One loop serves every policy. Each iteration:
      decoding would gain tokens more slowly than an LLM forward now; always once every unfinished
      row waits), the LLM runs one forward over the waiting rows, each over all the tokens it has
      not seen yet, and commits them.
+Rows still decoding ride along in that forward (``lookahead``): their tokens pass through the LLM
+once whatever the schedule, so they add little to it, and it leaves each of them the LLM's prediction
+for its next position. If the router sends that position to the LLM, the row takes the token there and
+then instead of waiting; otherwise its next token makes the prediction stale. Fewer rows wait, so the
+LLM runs less often for the same rows per forward. A row stops riding near its end, where the tokens it
+would feed may never be needed (``_rides`` prices both sides on the cost model).
 Stitch mode (R-Stitch) differs only in that a row stays waiting while the router lets the LLM keep
 control; speculative mode drafts ``gamma`` SLM tokens before waiting and the LLM verifies them.
 Finished rows hand their slot to the next request (continuous batching).
 
-Guessing ahead (per-token mode, greedy rows, ``guess_ahead`` > 0): a routed row does not wait at once.
-It keeps the SLM's token as a guess and goes on decoding up to ``guess_ahead`` tokens, so the SLM step
-it would have sat out is not wasted; when the LLM runs, it checks every guess, the row keeps its tokens
-up to the first guess the LLM disagrees with, takes the LLM's token there and drops the rest (the
-router's generator is put back to where it stood at that position). The committed text is the one
-the row would have written waiting, so outputs still do not depend on the schedule. Guessing pays only
-when guesses are often right, so a run stops guessing while fewer than ``GUESS_BREAK_EVEN`` of the
-guesses checked so far (and of the SLM tokens that waiting rows dropped) matched the LLM.
+Guessing ahead and speculative drafts: drafts.py.
 """
 
 from __future__ import annotations
@@ -33,23 +32,19 @@ import torch
 from torch import Tensor
 
 from lm_eval_routed.accounting import CostModel, SampleTally
+from lm_eval_routed.drafts import UncheckedTokens
 from lm_eval_routed.engine import HFEngine
 from lm_eval_routed.routers.base import Router, StepView
 from lm_eval_routed.rows import GenRequest, GenResult, Row, seeded_generator
-from lm_eval_routed.sampling import accept_drafts, draw, filtered_probs
+from lm_eval_routed.sampling import draw, filtered_probs
 from lm_eval_routed.schedule import LLMSchedule
 
 log = logging.getLogger(__name__)
 
-# Below this share of right guesses, rolled-back SLM steps and the LLM tokens spent checking them cost
-# more than the waits they save (break-even near 0.4 in a simulation on the demo pair's measured
-# forward costs at batch 8; docs/performance.md).
-GUESS_BREAK_EVEN = 0.4
-
 __all__ = ["GenRequest", "GenResult", "MixedDecoder"]  # requests and results live in rows.py
 
 
-class MixedDecoder:
+class MixedDecoder(UncheckedTokens):
     """Token-level SLM+LLM decoding over two engines that share one vocabulary."""
 
     def __init__(
@@ -63,6 +58,7 @@ class MixedDecoder:
         eos_ids: set[int],
         llm_min_batch: int = 0,
         guess_ahead: int = 0,
+        lookahead: bool = True,
     ) -> None:
         self.slm, self.llm, self.router = slm, llm, router
         self.tokenizer = tokenizer
@@ -72,6 +68,13 @@ class MixedDecoder:
         self.schedule = LLMSchedule(costs, llm_min_batch)
         self.guess_ahead = guess_ahead if router.mode == "token" else 0
         self.guess_record = [0, 0]  # guesses right, guesses checked (this generate call)
+        self.lookahead = lookahead and router.mode in ("token", "stitch")
+        self.taken_ahead = 0  # LLM tokens rows took from forwards they rode along in (this call)
+        self.routed = [
+            0,
+            0,
+        ]  # positions the router sent to the LLM, positions it decided (this call)
+        self.served = [0, 0]  # waiting rows LLM forwards served, those forwards (this call)
         self.gamma = getattr(router, "gamma", 0)
         # Policies that never look at the SLM (constant, random) decide before it runs.
         self.blind = router.mode == "token" and router.pre_route([]) is not None
@@ -101,6 +104,9 @@ class MixedDecoder:
             "llm": self.llm.new_cache(slots, capacity),
         }
         self.guess_record = [0, 0]
+        self.taken_ahead = 0
+        self.routed = [0, 0]
+        self.served = [0, 0]
         self.schedule.llm_ran()
         results: list[GenResult | None] = [None] * len(requests)
         for index, req in enumerate(requests):
@@ -150,41 +156,42 @@ class MixedDecoder:
         self.schedule.slm_step(moving, fed)
         waiting = [r for r in active if r.waiting and not r.finish]
         if self.schedule.due(len(waiting), sum(1 for r in active if not r.finish)):
-            # rows still guessing ride along: the forward costs little more with them
-            riders = [r for r in active if r.guesses and not r.waiting and not r.finish]
+            # Rows still decoding ride along: the forward costs little more with them (their tokens
+            # pass through the LLM once either way), it checks the guesses they hold, and it
+            # predicts the next position of the others, which they take if it is routed.
+            riders = [
+                r
+                for r in active
+                if not r.waiting
+                and not r.finish
+                and (r.guesses or self._rides(r))
+                and len(r.seq) + len(r.drafts) > r.llm_len  # something to feed
+            ]
             self._llm_step(waiting + riders, caches["llm"])
+            self.served[0] += len(waiting)
+            self.served[1] += 1
             self.schedule.llm_ran(sum(1 for r in waiting if r.waiting))
 
     def _pre_route(self, rows: list[Row]) -> tuple[list[Row], list[bool]]:
         """Blind policies decide first; rows they send to the LLM skip this SLM step unless they
         guess ahead. Returns the rows that step and whether each one's position is routed."""
         decided = self.router.pre_route([r.route_gen for r in rows]).tolist()
-        stepping, routed = [], []
+        self._count_routed(decided)
+        stepping, routed, ahead = [], [], []
         for row, to_llm in zip(rows, decided):
             row.tally.router_calls += 1
             row.tally.modeled_latency_s += self.costs.router
-            if to_llm and not self._guesses(row):
+            if to_llm and self._has_ahead(row):
+                ahead.append(
+                    row
+                )  # its token is known: it skips this SLM step, as a waiting row would
+            elif to_llm and not self._guesses(row):
                 row.waiting = True
             else:
                 stepping.append(row)
                 routed.append(to_llm)
+        self._take_ahead(ahead)
         return stepping, routed
-
-    def _can_guess(self, row: Row) -> bool:
-        # Sampled rows wait: a sampled LLM token seldom equals the SLM's, and checking would need
-        # the LLM's draw taken out of order from the row's generator.
-        return self.guess_ahead > 0 and not row.req.do_sample
-
-    def _guesses(self, row: Row) -> bool:
-        """Whether ``row`` guesses at a routed position now: it may, and guessing has paid so far."""
-        if not self._can_guess(row):
-            return False
-        right, checked = self.guess_record
-        return (right + 2) / (checked + 4) >= GUESS_BREAK_EVEN  # starts from a prior of 1/2
-
-    def _score_guess(self, right: bool) -> None:
-        self.guess_record[0] += right
-        self.guess_record[1] += 1
 
     # -- the two models' steps -----------------------------------------------------------------
 
@@ -205,11 +212,17 @@ class MixedDecoder:
             routed = self.router.route(
                 StepView(out.logits, out.hidden, torch.tensor(tokens), gens)
             ).tolist()
+            self._count_routed(routed)
             for row in rows:
                 row.tally.router_calls += 1
                 row.tally.modeled_latency_s += self.costs.router
+        ahead = []
         for row, token, to_llm in zip(rows, tokens, routed):
-            if to_llm and not self._guesses(row):
+            if to_llm and self._has_ahead(row):
+                ahead.append(row)
+                if self._can_guess(row):
+                    row.passed = token
+            elif to_llm and not self._guesses(row):
                 row.waiting = True
                 if self._can_guess(row):
                     row.passed = token
@@ -217,20 +230,9 @@ class MixedDecoder:
                 self._guess(row, token, to_llm)
             else:
                 self._commit(row, token, "slm")
+        self._take_ahead(ahead)
         self._charge(rows, fed, time.perf_counter() - start)
         return sum(fed)
-
-    def _guess(self, row: Row, token: int, routed: bool) -> None:
-        """Hold ``token`` unverified; the row waits once its guesses reach ``guess_ahead`` tokens."""
-        if routed:
-            row.guesses.append(len(row.drafts))
-            row.route_states.append(row.route_gen.get_state())
-        row.drafts.append(token)
-        row.waiting = (
-            len(row.drafts) >= self.guess_ahead
-            or token in self.eos_ids  # a row only finishes on checked tokens
-            or row.generated + len(row.drafts) >= row.req.max_new_tokens
-        )
 
     def _llm_step(self, rows: list[Row], cache) -> None:
         start = time.perf_counter()
@@ -241,18 +243,68 @@ class MixedDecoder:
                 [len(r.seq) + g - 1 - r.llm_len for g in r.guesses] or [len(r.seq) - 1 - r.llm_len]
                 for r in rows
             ]
-        out, fed = self._forward("llm", rows, cache, all_logits=verify, at=at)
+        riding = [not r.waiting and not r.guesses for r in rows]
+        out, fed = self._forward("llm", rows, cache, all_logits=verify, at=at, riding=riding)
         if verify:
             for i, row in enumerate(rows):
                 self._verify(row, out.logits[i, : fed[i]])  # drop this row's padding
             self._charge(rows, fed, time.perf_counter() - start)
             return
         logits = out.logits if at is None else out.logits[:, 0]
-        tokens, _ = self._choose(logits, rows)
-        for i, (row, token) in enumerate(zip(rows, tokens)):
+        served = []
+        for i, (row, rides) in enumerate(zip(rows, riding)):
             if row.guesses:
                 self._settle(row, out.logits[i, : len(row.guesses)].argmax(-1).tolist())
-                continue
+            elif rides:
+                row.ahead = (len(row.seq), logits[i], out.hidden[i])
+            else:
+                served.append(i)
+        if served:
+            self._take_llm([rows[i] for i in served], logits[served], out.hidden[served])
+        self._charge(rows, fed, time.perf_counter() - start)
+
+    def _count_routed(self, decided: list[bool]) -> None:
+        self.routed[0] += sum(decided)
+        self.routed[1] += len(decided)
+
+    def _rides(self, row: Row) -> bool:
+        """Whether a decoding row rides along in an LLM forward, priced on the cost model.
+
+        With chance r (the run's routed share so far) its next position is routed and the ride saves
+        a wait: one row fewer for the LLM to serve, worth a forward's fixed cost over the rows a
+        forward serves. Its tokens are fed now instead of at its next routed position, wasted if
+        none comes before it ends: chance ``(1 - r) ** tokens_left``. On a GPU, where a token costs
+        the LLM next to nothing, rows ride to their end; on a CPU they stop a few tokens earlier.
+        """
+        if not self.lookahead:
+            return False
+        share = (self.routed[0] + 1) / (self.routed[1] + 2)
+        per_forward = (self.served[0] + 1) / (self.served[1] + 1)
+        saved = share * self.costs.llm[0] / per_forward
+        wasted = (1 - share) ** (row.req.max_new_tokens - row.generated)
+        return saved >= wasted * len(row.unseen(row.llm_len)) * self.costs.llm[1]
+
+    def _has_ahead(self, row: Row) -> bool:
+        """Whether the LLM's prediction for ``row``'s next position is at hand (see ``_step``)."""
+        return row.ahead is not None and row.ahead[0] == len(row.seq) and not row.drafts
+
+    def _take_ahead(self, rows: list[Row]) -> None:
+        """Routed rows whose next position the LLM predicted in a forward they rode along in take
+        its token now instead of waiting."""
+        if not rows:
+            return
+        logits = torch.stack([r.ahead[1] for r in rows])
+        hidden = torch.stack([r.ahead[2] for r in rows])
+        for row in rows:
+            row.ahead = None
+        self.taken_ahead += len(rows)
+        self._take_llm(rows, logits, hidden)
+
+    def _take_llm(self, rows: list[Row], logits: Tensor, hidden: Tensor) -> None:
+        """Commit the LLM's token at each row's next position; in stitch mode the router then says
+        whether the LLM keeps control (the row waits on)."""
+        tokens, _ = self._choose(logits, rows)
+        for row, token in zip(rows, tokens):
             row.tally.llm_scored_positions += 1
             if row.passed is not None:
                 self._score_guess(row.passed == token)
@@ -261,21 +313,29 @@ class MixedDecoder:
             row.waiting = False
         if self.router.mode == "stitch":
             keep = self.router.keep_llm(
-                StepView(out.logits, out.hidden, torch.tensor(tokens), [r.route_gen for r in rows])
+                StepView(logits, hidden, torch.tensor(tokens), [r.route_gen for r in rows])
             ).tolist()
             for row, stay in zip(rows, keep):
                 row.tally.router_calls += 1
                 row.waiting = stay and row.finish is None
-        self._charge(rows, fed, time.perf_counter() - start)
 
     def _forward(
-        self, model: str, rows: list[Row], cache, all_logits: bool = False, at=None
+        self,
+        model: str,
+        rows: list[Row],
+        cache,
+        all_logits: bool = False,
+        at=None,
+        riding: list[bool] | None = None,
     ) -> tuple:
+        """One forward of ``model`` over every token each row's cache lacks; a riding row (called
+        along in a forward run for others) is charged only its tokens' modeled cost."""
         engine = self.slm if model == "slm" else self.llm
+        riding = riding or [False] * len(rows)
         held = [r.slm_len if model == "slm" else r.llm_len for r in rows]
         new = [r.unseen(n) for r, n in zip(rows, held)]
         out = engine.forward(cache, [r.slot for r in rows], held, new, all_logits=all_logits, at=at)
-        for row, tokens in zip(rows, new):
+        for row, tokens, rides in zip(rows, new, riding):
             if model == "slm":
                 row.slm_len += len(tokens)
                 row.tally.slm_forward_tokens += len(tokens)
@@ -284,7 +344,9 @@ class MixedDecoder:
                 row.llm_len += len(tokens)
                 row.tally.llm_forward_tokens += len(tokens)
                 row.tally.llm_calls += 1
-            row.tally.modeled_latency_s += self.costs.forward_s(model, len(tokens))
+            row.tally.modeled_latency_s += self.costs.forward_s(model, len(tokens)) - (
+                self.costs.llm[0] if rides else 0.0
+            )
         fed = [len(t) for t in new]
         if self.trace is not None:
             self.trace.append((model, fed))
@@ -305,58 +367,6 @@ class MixedDecoder:
             tokens.append(draw(p, row.sample_gen))
             probs.append(p)
         return tokens, probs
-
-    def _verify(self, row: Row, logits: Tensor) -> None:
-        """Accept the longest draft prefix the LLM agrees with, then commit one LLM token."""
-        k = len(row.drafts)
-        scored = logits[-(k + 1) :]  # (k + 1, V): the LLM's view of each draft slot and one more
-        row.tally.llm_scored_positions += k + 1
-        accepted, bonus = accept_drafts(
-            row.drafts, row.draft_probs, scored, row.req, row.sample_gen
-        )
-        # transformers' "heuristic" schedule: draft more after a clean sweep, fewer after a miss
-        row.gamma = row.gamma + 2 if accepted == k else max(1, row.gamma - 1)
-        drafts, row.drafts, row.draft_probs = row.drafts, [], []
-        for token in drafts[:accepted]:
-            self._commit(row, token, "slm")
-            if row.finish:
-                break
-        if not row.finish:
-            self._commit(row, bonus, "llm")
-        # Caches keep only what both models agree was committed; stale slots get overwritten.
-        row.llm_len = min(row.llm_len, len(row.seq) - 1)
-        row.slm_len = min(row.slm_len, len(row.seq) - 1)
-        row.waiting = row.finish is None and self._draft_budget(row) == 0
-
-    def _settle(self, row: Row, llm_tokens: list[int]) -> None:
-        """Commit a guessing row's drafts up to the first guess the LLM disagrees with, then the
-        LLM's token there; what came after it is dropped and will be decoded again."""
-        drafts, guesses, states = row.drafts, row.guesses, row.route_states
-        row.drafts, row.guesses, row.route_states, row.waiting = [], [], [], False
-        keep, fix = len(drafts), None
-        for g, want, state in zip(guesses, llm_tokens, states):
-            row.tally.llm_scored_positions += 1
-            self._score_guess(drafts[g] == want)
-            if drafts[g] != want:
-                keep, fix = g, want
-                row.route_gen.set_state(state)  # as it stood right after routing this position
-                break
-        routed = set(guesses)
-        for i, token in enumerate(drafts[:keep]):
-            self._commit(row, token, "llm" if i in routed else "slm")
-            if row.finish:
-                return
-        if fix is not None:
-            self._commit(row, fix, "llm")
-        # After a wrong guess both caches hold it at the last position: it gets overwritten. After
-        # none, the LLM has fed the last token without keeping its logits: it is fed again when the
-        # LLM next predicts this row, since the position after it may be routed.
-        row.llm_len = min(row.llm_len, len(row.seq) - 1)
-        row.slm_len = min(row.slm_len, len(row.seq) - 1)
-
-    def _draft_budget(self, row: Row) -> int:
-        """Drafts a row may still make: gamma, less the room the LLM's own token needs."""
-        return max(0, min(row.gamma, row.req.max_new_tokens - row.generated - 1))
 
     def _commit(self, row: Row, token: int, producer: str) -> None:
         row.seq.append(token)

@@ -30,7 +30,15 @@ from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.runtime import build_runtime, sample_seed
 
 # settings that change how fast a run goes, not what it writes: a resumed run may differ in them
-_RUN_ONLY = {"batch_size", "llm_min_batch", "guess_ahead", "prepack", "device", "accounting_path"}
+_RUN_ONLY = {
+    "batch_size",
+    "llm_min_batch",
+    "guess_ahead",
+    "llm_lookahead",
+    "prepack",
+    "device",
+    "accounting_path",
+}
 
 
 class RoutedDecoder(DecoderBase):

@@ -59,6 +59,9 @@ class Row:
     guesses: list[int] = field(default_factory=list)  # drafts at positions routed to the LLM
     route_states: list[Tensor] = field(default_factory=list)  # route_gen after each guess's draw
     passed: int | None = None  # the SLM token a waiting row dropped (measures how guesses would do)
+    # The LLM's logits and hidden state at position ahead[0], from a forward the row rode along in:
+    # valid while the row holds exactly ahead[0] tokens (llm_lookahead).
+    ahead: tuple[int, Tensor, Tensor] | None = None
     finish: str | None = None
     tally: SampleTally = field(default_factory=SampleTally)
 

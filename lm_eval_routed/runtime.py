@@ -137,6 +137,7 @@ class RoutedRuntime:
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
                 "guess_ahead": self.cfg.guess_ahead,
+                "llm_lookahead": self.decoder.lookahead,
                 "prepacked": self.prepacked,
                 "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},
                 "schedule": self.cfg.schedule,
@@ -214,6 +215,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         eos_ids=eos_ids(tokenizer, llm),
         llm_min_batch=min_batch,
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
+        lookahead=cfg.llm_lookahead and cfg.schedule != "lockstep",
     )
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm

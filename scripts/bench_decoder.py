@@ -8,6 +8,7 @@ Prints ratios, not absolute times (shared machines make absolute times noise):
   * LLM forwards per 100 generated tokens, for the pause-and-batch schedule and for lockstep;
   * peak memory of a routed run over what the two plain models' runs would need together;
   * guesses right -- with ``guess_ahead``, the share of checked guesses the LLM agreed with;
+  * taken ahead -- batch > 1: the share of LLM tokens rows took from a forward they rode along in;
   * speculative vs transformers' assisted generation; routed llm-only vs lm-eval's ``hf`` (docs/s).
 
     python scripts/bench_decoder.py                 # demo pair, CPU fp32
@@ -166,12 +167,14 @@ def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int) -> dict:
     n_tokens = sum(r.record.tokens for r in results)
     llm_forwards = sum(1 for model, _ in rt.decoder.trace if model == "llm")
     right, checked = rt.decoder.guess_record
+    llm_tokens = sum(r.record.tokens_llm for r in results)
     return {
+        "taken_ahead": rt.decoder.taken_ahead / llm_tokens if llm_tokens else None,
         "guesses_right": right / checked if checked else None,
         "wall_s": wall,
         "tokens": n_tokens,
         "trace": rt.decoder.trace,
-        "llm_share": sum(r.record.tokens_llm for r in results) / n_tokens,
+        "llm_share": llm_tokens / n_tokens,
         "llm_forwards_per_100": 100 * llm_forwards / n_tokens,
     }
 
@@ -211,12 +214,16 @@ def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assista
 
 
 def decoding_cases(
-    batch: int, min_batches: Sequence[int] = (), engines: Sequence[str] = ()
+    batch: int,
+    min_batches: Sequence[int] = (),
+    engines: Sequence[str] = (),
+    without_lookahead: bool = False,
 ) -> list[tuple[str, dict]]:
     """The routed runs of one batch size: random shares, entropy, guessing ahead, speculative
     (batch 1), lockstep (batch > 1); at batch > 1, each pause-and-batch case once more per
-    ``llm_min_batch`` in ``min_batches`` (0 is the default rule, already run); then every case once
-    more per engine in ``engines`` (named '... engine=NAME')."""
+    ``llm_min_batch`` in ``min_batches`` (0 is the default rule, already run) and, with
+    ``without_lookahead``, once more with ``llm_lookahead=false`` (named '... no lookahead'); then
+    every case once more per engine in ``engines`` (named '... engine=NAME')."""
     cases = [
         (f"random r={r}", {"router": "random", "p": str(r)}) for r in (0.0, 0.05, 0.15, 0.3, 1.0)
     ]
@@ -240,6 +247,11 @@ def decoding_cases(
             for m in min_batches
             if m
         ]
+        if without_lookahead:
+            cases += [
+                (f"{name} no lookahead", extra | {"llm_lookahead": "false"})
+                for name, extra in list(cases)
+            ]
         cases += [
             (f"lockstep r={r}", {"router": "random", "p": str(r), "schedule": "lockstep"})
             for r in (0.05, 0.15, 0.3)
@@ -269,7 +281,9 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
         n = args.requests or max(batch, 4)  # several at batch 1, so LLM shares average out
         cases = [
             c
-            for c in decoding_cases(batch, args.llm_min_batch, args.also_engine)
+            for c in decoding_cases(
+                batch, args.llm_min_batch, args.also_engine, args.also_no_lookahead
+            )
             if not args.cases or any(k in c[0] for k in args.cases)
         ]
         samples: dict[str, list[dict]] = defaultdict(list)
@@ -297,6 +311,8 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
                 }
                 if both and peak:
                     figures["peak_memory_vs_plain_pair"] = peak / both
+                if run["taken_ahead"] is not None and batch > 1:
+                    figures["taken_ahead"] = run["taken_ahead"]
                 if run["guesses_right"] is not None:
                     figures["guesses_right"] = run["guesses_right"]
                 if name == "speculative":
@@ -347,6 +363,7 @@ def format_row(row: dict) -> str:
         ("peak_memory_vs_plain_pair", "peak mem/plain pair"),
         ("ratio_vs_assisted_generation", "vs assisted"),
         ("guesses_right", "guesses right"),
+        ("taken_ahead", "taken ahead"),
     ):
         if key in row:
             parts.append(f"{label} {row[key]:.2f}")
@@ -420,6 +437,11 @@ def main() -> None:
         metavar="N",
         help="batch > 1: also run each pause-and-batch case at llm_min_batch=N (named '... min=N')",
     )
+    ap.add_argument(
+        "--also-no-lookahead",
+        action="store_true",
+        help="batch > 1: also run each pause-and-batch case with llm_lookahead=false",
+    )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--slm-dtype", help="the SLM's own dtype (default: --dtype)")
     ap.add_argument(
@@ -486,7 +508,9 @@ def main() -> None:
         names = {
             name
             for b in args.batches
-            for name, _ in decoding_cases(b, args.llm_min_batch, args.also_engine)
+            for name, _ in decoding_cases(
+                b, args.llm_min_batch, args.also_engine, args.also_no_lookahead
+            )
         }
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")

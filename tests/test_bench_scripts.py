@@ -74,6 +74,7 @@ def test_bench_saves_after_every_repeat(proxy):
         cases=[CASE],
         llm_min_batch=[],
         also_engine=[],
+        also_no_lookahead=False,
         warmup=0,
     )
     saved: list[dict] = []
@@ -81,3 +82,21 @@ def test_bench_saves_after_every_repeat(proxy):
     done = [{r["case"]: r["repeats_done"] for r in s["rows"]} for s in saved]
     assert done == [{"plain slm generate": 1, CASE: 1}, {"plain slm generate": 2, CASE: 2}]
     assert saved[-1]["rows"] == final["rows"]
+
+
+def test_bench_pairs_each_pause_case_with_its_run_without_riding():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench_decoder.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cases = dict(bench.decoding_cases(8, min_batches=[6], without_lookahead=True))
+    assert cases["random r=0.15 no lookahead"] == {
+        "router": "random",
+        "p": "0.15",
+        "llm_lookahead": "false",
+    }
+    assert cases["random r=0.15 min=6 no lookahead"]["llm_min_batch"] == "6"
+    assert not any("lockstep" in name and "lookahead" in name for name in cases)
+    assert not any("lookahead" in name for name, _ in bench.decoding_cases(8))
+    assert not any(
+        "lookahead" in name for name, _ in bench.decoding_cases(1, without_lookahead=True)
+    )

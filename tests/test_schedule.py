@@ -75,8 +75,11 @@ def test_fixed_min_batch_and_fallback():
 
 
 def llm_forwards(make_runtime, tokenizer, cost_llm: str) -> tuple[list[list[int]], list[list[int]]]:
-    """Outputs and the rows fed per LLM forward of one batch-8 run at r = 0.25."""
-    rt = make_runtime(router="random", p="0.25", batch_size=8, cost_llm=cost_llm)
+    """Outputs and the rows fed per LLM forward of one batch-8 run at r = 0.25 (no rows ride
+    along, so each forward holds only the rows it was run for)."""
+    rt = make_runtime(
+        router="random", p="0.25", batch_size=8, cost_llm=cost_llm, llm_lookahead="false"
+    )
     rt.decoder.trace = []
     out = [r.token_ids for r in rt.generate(requests(tokenizer))]
     return out, [fed for model, fed in rt.decoder.trace if model == "llm"]

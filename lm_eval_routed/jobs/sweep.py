@@ -217,7 +217,7 @@ def summarize(records: list[dict]) -> dict[str, float]:
 def _config_dict(cfg: RoutedConfig) -> dict[str, Any]:
     keys = (
         *("slm", "llm", "router", "threshold", "p", "router_ckpt", "gamma", "batch_size", "seed"),
-        *("dtype", "slm_dtype", "llm_min_batch", "guess_ahead", "schedule"),
+        *("dtype", "slm_dtype", "llm_min_batch", "guess_ahead", "llm_lookahead", "schedule"),
         *("prepack", "engine"),  # the kernels a cell's latency was measured on
     )
     return {k: getattr(cfg, k) for k in keys}
