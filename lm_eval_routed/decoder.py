@@ -276,7 +276,10 @@ class MixedDecoder(UncheckedTokens):
         none comes before it ends: chance ``(1 - r) ** tokens_left``. On a GPU, where a token costs
         the LLM next to nothing, rows ride to their end; on a CPU they stop a few tokens earlier.
         """
-        if not self.lookahead:
+        if not self.lookahead or row.llm_len == 0:
+            # A row the LLM has not seen would feed its whole prompt, wasted if the row ends before
+            # its first routed position; the budget cannot say how likely that is (most answers
+            # end on EOS far before it), so such a row waits for its first routed position.
             return False
         share = (self.routed[0] + 1) / (self.routed[1] + 2)
         per_forward = (self.served[0] + 1) / (self.served[1] + 1)

@@ -117,5 +117,10 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
     assert not dec._rides(row_with(left=67, unseen=6))
     dec.costs = dataclasses.replace(dec.costs, llm=(0.01, 0.0))  # tokens free, as on a GPU
     assert dec._rides(row_with(left=1, unseen=5))
+    unseen_by_the_llm = row_with(left=67, unseen=5)
+    unseen_by_the_llm.llm_len = (
+        0  # it would feed its prompt: it waits for its first routed position
+    )
+    assert not dec._rides(unseen_by_the_llm)
     dec.lookahead = False
     assert not dec._rides(row_with(left=67, unseen=5))
