@@ -73,7 +73,7 @@ class MixedDecoder(UncheckedTokens):
         self.routed = [
             0,
             0,
-        ]  # positions the router sent to the LLM, positions it decided (this call)
+        ]  # positions the router sent to the LLM, of those it decided (this call)
         self.served = [0, 0]  # waiting rows LLM forwards served, those forwards (this call)
         self.gamma = getattr(router, "gamma", 0)
         # Policies that never look at the SLM (constant, random) decide before it runs.
@@ -156,18 +156,7 @@ class MixedDecoder(UncheckedTokens):
         self.schedule.slm_step(moving, fed)
         waiting = [r for r in active if r.waiting and not r.finish]
         if self.schedule.due(len(waiting), sum(1 for r in active if not r.finish)):
-            # Rows still decoding ride along: the forward costs little more with them (their tokens
-            # pass through the LLM once either way), it checks the guesses they hold, and it
-            # predicts the next position of the others, which they take if it is routed.
-            riders = [
-                r
-                for r in active
-                if not r.waiting
-                and not r.finish
-                and (r.guesses or self._rides(r))
-                and len(r.seq) + len(r.drafts) > r.llm_len  # something to feed
-            ]
-            self._llm_step(waiting + riders, caches["llm"])
+            self._llm_step(waiting + self._riders(active), caches["llm"])
             self.served[0] += len(waiting)
             self.served[1] += 1
             self.schedule.llm_ran(sum(1 for r in waiting if r.waiting))
@@ -182,9 +171,7 @@ class MixedDecoder(UncheckedTokens):
             row.tally.router_calls += 1
             row.tally.modeled_latency_s += self.costs.router
             if to_llm and self._has_ahead(row):
-                ahead.append(
-                    row
-                )  # its token is known: it skips this SLM step, as a waiting row would
+                ahead.append(row)  # its token is known: it skips this SLM step like a waiting row
             elif to_llm and not self._guesses(row):
                 row.waiting = True
             else:
@@ -218,14 +205,13 @@ class MixedDecoder(UncheckedTokens):
                 row.tally.modeled_latency_s += self.costs.router
         ahead = []
         for row, token, to_llm in zip(rows, tokens, routed):
-            if to_llm and self._has_ahead(row):
-                ahead.append(row)
+            if to_llm and (self._has_ahead(row) or not self._guesses(row)):
                 if self._can_guess(row):
-                    row.passed = token
-            elif to_llm and not self._guesses(row):
-                row.waiting = True
-                if self._can_guess(row):
-                    row.passed = token
+                    row.passed = token  # scored against the LLM's token, taken now or after a wait
+                if self._has_ahead(row):
+                    ahead.append(row)
+                else:
+                    row.waiting = True
             elif to_llm or row.drafts:
                 self._guess(row, token, to_llm)
             else:
@@ -267,8 +253,21 @@ class MixedDecoder(UncheckedTokens):
         self.routed[0] += sum(decided)
         self.routed[1] += len(decided)
 
+    def _riders(self, active: list[Row]) -> list[Row]:
+        """Rows still decoding that ride along in the LLM forward about to run: the forward costs
+        little more with them (their tokens pass through the LLM once either way), it checks the
+        guesses they hold, and it predicts the next position of the others (``_rides``)."""
+        return [
+            r
+            for r in active
+            if not r.waiting
+            and not r.finish
+            and (r.guesses or self._rides(r))
+            and len(r.seq) + len(r.drafts) > r.llm_len  # the engine needs a token to feed
+        ]
+
     def _rides(self, row: Row) -> bool:
-        """Whether a decoding row rides along in an LLM forward, priced on the cost model.
+        """Whether a decoding row with no guesses rides, priced on the cost model.
 
         With chance r (the run's routed share so far) its next position is routed and the ride saves
         a wait: one row fewer for the LLM to serve, worth a forward's fixed cost over the rows a
@@ -282,10 +281,9 @@ class MixedDecoder(UncheckedTokens):
             # end on EOS far before it), so such a row waits for its first routed position.
             return False
         share = (self.routed[0] + 1) / (self.routed[1] + 2)
-        per_forward = (self.served[0] + 1) / (self.served[1] + 1)
-        saved = share * self.costs.llm[0] / per_forward
+        saved = share * self.costs.llm[0] * (self.served[1] + 1) / (self.served[0] + 1)
         wasted = (1 - share) ** (row.req.max_new_tokens - row.generated)
-        return saved >= wasted * len(row.unseen(row.llm_len)) * self.costs.llm[1]
+        return saved >= wasted * (len(row.seq) - row.llm_len) * self.costs.llm[1]
 
     def _has_ahead(self, row: Row) -> bool:
         """Whether the LLM's prediction for ``row``'s next position is at hand (see ``_step``)."""
@@ -347,8 +345,10 @@ class MixedDecoder(UncheckedTokens):
                 row.llm_len += len(tokens)
                 row.tally.llm_forward_tokens += len(tokens)
                 row.tally.llm_calls += 1
-            row.tally.modeled_latency_s += self.costs.forward_s(model, len(tokens)) - (
-                self.costs.llm[0] if rides else 0.0
+            row.tally.modeled_latency_s += (
+                self.costs.llm[1] * len(tokens)
+                if rides
+                else self.costs.forward_s(model, len(tokens))
             )
         fed = [len(t) for t in new]
         if self.trace is not None:

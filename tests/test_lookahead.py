@@ -6,26 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from test_decoder_fidelity import requests
 
 from lm_eval_routed.decoder import GenRequest
-
-PROMPTS = [
-    "The cat sat",
-    "2+2=",
-    "Once upon a time",
-    "x",
-    "Hello world\n",
-    "abcabc",
-    "Routing",
-    "zz",
-]
-
-
-def requests(tokenizer, n_new: int = 24, **kw) -> list[GenRequest]:
-    return [
-        GenRequest(prompt_ids=tokenizer(p)["input_ids"], max_new_tokens=n_new, seed=i, **kw)
-        for i, p in enumerate(PROMPTS)
-    ]
 
 
 def run(make_runtime, tokenizer, lookahead: bool, sample: bool = False, **args):
