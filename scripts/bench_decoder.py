@@ -5,7 +5,8 @@ Prints ratios, not absolute times (shared machines make absolute times noise):
                          the same batch and token count (orchestration overhead: Python per step, cache
                          copies, padding waste, re-prefill);
   * routed / LLM-only -- throughput against plain ``generate`` of the LLM at the same batch size;
-  * LLM forwards per 100 generated tokens, for the pause-and-batch schedule and for lockstep;
+  * LLM forwards per 100 generated tokens, for the pause-and-batch schedule and for lockstep, and
+    how many times fewer the first made than the second at the same LLM share (lockstep fwd/these);
   * peak memory of a routed run over what the two plain models' runs would need together;
   * guesses right -- with ``guess_ahead``, the share of checked guesses the LLM agreed with;
   * taken ahead -- batch > 1: the share of LLM tokens rows took from a forward they rode along in;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -30,7 +32,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from lm_eval_routed.cache import round_up
-from lm_eval_routed.config import ENGINES, load_config
+from lm_eval_routed.config import ENGINES, ConfigError, load_config
 from lm_eval_routed.decoder import GenRequest
 from lm_eval_routed.models import cache_kwarg
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
@@ -144,21 +146,22 @@ class PlainCosts:
         return total
 
 
-def requests(rt: RoutedRuntime, n: int, tokens: int) -> list[GenRequest]:
-    """``n`` chat prompts (cycling through PROMPTS), each with its own seed."""
+def requests(rt: RoutedRuntime, n: int, tokens: int, draw: int = 0) -> list[GenRequest]:
+    """``n`` chat prompts (cycling through PROMPTS), each with its own seed; another ``draw`` gives
+    them other seeds, so a random router routes other positions."""
     tok = rt.tokenizer
     out = []
     for i in range(n):
         chat = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        out.append(GenRequest(rt.encode(text, tokens), tokens, seed=i))
+        out.append(GenRequest(rt.encode(text, tokens), tokens, seed=draw * n + i))
     return out
 
 
-def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int) -> dict:
+def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int, draw: int = 0) -> dict:
     """One routed run of ``n`` requests, EOS disabled so every row makes exactly ``tokens`` tokens."""
     rt.decoder.eos_ids, rt.decoder.trace = set(), []
-    reqs = requests(rt, n, tokens)
+    reqs = requests(rt, n, tokens, draw)
     sync(rt.device)
     start = time.perf_counter()
     results = rt.decoder.generate(reqs, batch)
@@ -268,8 +271,11 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
     """Per repeat and case: plain LLM ``generate``, the routed run, then its ideal, side by side.
 
     Absolute speed drifts by a quarter over a minute on shared machines, so every ratio is taken
-    between runs made back to back; the table holds the median of each ratio over repeats. ``save``
-    gets the table so far after every repeat, so a run cut short keeps what it measured.
+    between runs made back to back; the table holds the median of each ratio over repeats. Each
+    repeat gives the requests other seeds (every case of a repeat the same ones), so the medians
+    span several draws of a random router, not one: at 8 rows x 64 tokens one draw's forward count
+    can sit 15% off another's. ``save`` gets the table so far after every repeat, so a run cut
+    short keeps what it measured.
     """
     base = rt_for({"router": "slm-only"})
     memory = PeakMemory(base.device)
@@ -302,7 +308,9 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
             record["plain slm generate"].append({"speedup_vs_llm_generate": llm_s / slm_s})
             for name, extra in cases:
                 llm_s = run_plain(base.llm, base, batch, args.tokens, n)
-                run, peak = memory.during(run_routed, rt_for(extra), batch, args.tokens, n)
+                run, peak = memory.during(
+                    run_routed, rt_for(extra), batch, args.tokens, n, max(rep, 0)
+                )
                 figures = {
                     "llm_share": run["llm_share"],
                     "ratio_vs_ideal": run["wall_s"] / plain.ideal_s(run["trace"]),
@@ -319,6 +327,7 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
                     assisted = run_plain(base.llm, base, batch, args.tokens, n, assistant=base.slm)
                     figures["ratio_vs_assisted_generation"] = run["wall_s"] / assisted
                 record[name].append(figures)
+            versus_lockstep({name: record[name][-1] for name, _ in cases})
             print(
                 f"batch {batch}: "
                 + (f"repeat {rep + 1}/{args.repeats}" if rep >= 0 else "warm-up")
@@ -343,11 +352,23 @@ def _rows(batch: int, samples: dict[str, list[dict]]) -> list[dict]:
     ]
 
 
+def versus_lockstep(repeat: dict[str, dict]) -> None:
+    """Add to each pause-and-batch ``random r=...`` case of one repeat (case name -> figures) how
+    many times fewer LLM forwards it made than ``lockstep`` at the same share (and engine) on the
+    same draw, where both ran."""
+    fwd = "llm_forwards_per_100_tokens"
+    for name, figures in repeat.items():
+        match = re.fullmatch(r"random (r=\S+)(.*?)( engine=\S+)?", name)
+        lock = match and repeat.get(f"lockstep {match[1]}{match[3] or ''}")
+        if lock and figures.get(fwd):
+            figures["fewer_llm_forwards_than_lockstep"] = lock[fwd] / figures[fwd]
+
+
 def _medians(samples: list[dict]) -> dict:
-    """Median of every figure over repeats, and the spread of the two ratios users read."""
+    """Median of every figure over repeats, and the spread of the ratios users read."""
     keys = {k for s in samples for k in s}
     out = {k: statistics.median(s[k] for s in samples if k in s) for k in sorted(keys)}
-    for key in ("ratio_vs_ideal", "speedup_vs_llm_generate"):
+    for key in ("ratio_vs_ideal", "speedup_vs_llm_generate", "fewer_llm_forwards_than_lockstep"):
         if key in samples[0] and len(samples) > 1:
             out[f"{key}_range"] = [min(s[key] for s in samples), max(s[key] for s in samples)]
     return out
@@ -360,6 +381,7 @@ def format_row(row: dict) -> str:
         ("ratio_vs_ideal", "meas/ideal"),
         ("speedup_vs_llm_generate", "vs LLM gen"),
         ("llm_forwards_per_100_tokens", "LLM fwd/100tok"),
+        ("fewer_llm_forwards_than_lockstep", "lockstep fwd/these"),
         ("peak_memory_vs_plain_pair", "peak mem/plain pair"),
         ("ratio_vs_assisted_generation", "vs assisted"),
         ("guesses_right", "guesses right"),
@@ -442,6 +464,13 @@ def main() -> None:
         action="store_true",
         help="batch > 1: also run each pause-and-batch case with llm_lookahead=false",
     )
+    for model in ("slm", "llm"):
+        ap.add_argument(
+            f"--cost-{model}",
+            metavar="FIXED:PER_TOKEN",
+            help=f"the {model.upper()} forward's cost the schedule prices, in seconds, instead of "
+            "measuring it at start-up (forward counts under another machine's costs)",
+        )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--slm-dtype", help="the SLM's own dtype (default: --dtype)")
     ap.add_argument(
@@ -490,6 +519,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
+    pinned = {"cost_slm": args.cost_slm, "cost_llm": args.cost_llm}
+
     def config(extra: dict):
         return load_config(
             {
@@ -498,6 +529,7 @@ def main() -> None:
                 "slm_dtype": args.slm_dtype,
                 "prepack": not args.no_prepack,
                 "engine": args.engine,
+                **{k: v for k, v in pinned.items() if v},  # else the config's, or measured
                 **extra,
             }
         )
@@ -514,8 +546,12 @@ def main() -> None:
         }
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
+    try:  # a bad --config, --dtype or --cost-* as one line, before any model loads
+        config({"router": "slm-only"})
+    except ConfigError as err:
+        ap.error(str(err))
     first = build_runtime(config({"router": "slm-only"}))
-    measured = first.decoder.costs  # once: every case's schedule reads the same costs
+    measured = first.decoder.costs  # once (or pinned): every case's schedule reads the same costs
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0
     gather = {"auto": None, "rows": False, "gather": True}[args.attention]

@@ -100,3 +100,31 @@ def test_bench_pairs_each_pause_case_with_its_run_without_riding():
     assert not any(
         "lookahead" in name for name, _ in bench.decoding_cases(1, without_lookahead=True)
     )
+
+
+def test_bench_sets_each_pause_case_against_lockstep_at_its_share():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench_decoder.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fwd = "llm_forwards_per_100_tokens"
+    repeat = {
+        "random r=0.15": {fwd: 3.0},
+        "random r=0.15 no lookahead": {fwd: 4.0},
+        "random r=0.15 engine=hf": {fwd: 2.0},
+        "random r=0.3": {fwd: 5.0},  # no lockstep at 0.3 ran
+        "random r=0.0": {fwd: 0.0},
+        "lockstep r=0.0": {fwd: 0.0},
+        "lockstep r=0.15": {fwd: 9.0},
+        "lockstep r=0.15 engine=hf": {fwd: 8.0},
+    }
+    bench.versus_lockstep(repeat)
+    ratios = {
+        name: figures["fewer_llm_forwards_than_lockstep"]
+        for name, figures in repeat.items()
+        if "fewer_llm_forwards_than_lockstep" in figures
+    }
+    assert ratios == {
+        "random r=0.15": 3.0,
+        "random r=0.15 no lookahead": 2.25,
+        "random r=0.15 engine=hf": 4.0,
+    }
