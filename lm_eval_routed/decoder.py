@@ -67,14 +67,8 @@ class MixedDecoder(UncheckedTokens):
         self.eos_ids = eos_ids
         self.schedule = LLMSchedule(costs, llm_min_batch)
         self.guess_ahead = guess_ahead if router.mode == "token" else 0
-        self.guess_record = [0, 0]  # guesses right, guesses checked (this generate call)
         self.lookahead = lookahead and router.mode in ("token", "stitch")
-        self.taken_ahead = 0  # LLM tokens rows took from forwards they rode along in (this call)
-        self.routed = [
-            0,
-            0,
-        ]  # positions the router sent to the LLM, of those it decided (this call)
-        self.served = [0, 0]  # waiting rows LLM forwards served, those forwards (this call)
+        self._new_call()
         self.gamma = getattr(router, "gamma", 0)
         # Policies that never look at the SLM (constant, random) decide before it runs.
         self.blind = router.mode == "token" and router.pre_route([]) is not None
@@ -103,10 +97,7 @@ class MixedDecoder(UncheckedTokens):
             "slm": self.slm.new_cache(slots, capacity),
             "llm": self.llm.new_cache(slots, capacity),
         }
-        self.guess_record = [0, 0]
-        self.taken_ahead = 0
-        self.routed = [0, 0]
-        self.served = [0, 0]
+        self._new_call()
         self.schedule.llm_ran()
         results: list[GenResult | None] = [None] * len(requests)
         for index, req in enumerate(requests):
@@ -130,6 +121,13 @@ class MixedDecoder(UncheckedTokens):
                 if on_done is not None:
                     on_done(row.index, results[row.index])
         return results  # type: ignore[return-value]
+
+    def _new_call(self) -> None:
+        """Zero the counters each ``generate`` call keeps for itself."""
+        self.guess_record = [0, 0]  # guesses right, guesses checked
+        self.taken_ahead = 0  # LLM tokens rows took from forwards they rode along in
+        self.routed = [0, 0]  # positions the router sent to the LLM, of those it decided
+        self.served = [0, 0]  # waiting rows LLM forwards served, those forwards
 
     def _admit(self, index: int, req: GenRequest, slot: int) -> Row:
         device = self.slm.device
@@ -205,10 +203,11 @@ class MixedDecoder(UncheckedTokens):
                 row.tally.modeled_latency_s += self.costs.router
         ahead = []
         for row, token, to_llm in zip(rows, tokens, routed):
-            if to_llm and (self._has_ahead(row) or not self._guesses(row)):
+            known = to_llm and self._has_ahead(row)
+            if to_llm and (known or not self._guesses(row)):
                 if self._can_guess(row):
                     row.passed = token  # scored against the LLM's token, taken now or after a wait
-                if self._has_ahead(row):
+                if known:
                     ahead.append(row)
                 else:
                     row.waiting = True

@@ -547,10 +547,10 @@ def main() -> None:
         if not any(k in name for k in args.cases for name in names):
             ap.error(f"--cases {' '.join(args.cases)} matches none of: {', '.join(sorted(names))}")
     try:  # a bad --config, --dtype or --cost-* as one line, before any model loads
-        config({"router": "slm-only"})
+        base_cfg = config({"router": "slm-only"})
     except ConfigError as err:
         ap.error(str(err))
-    first = build_runtime(config({"router": "slm-only"}))
+    first = build_runtime(base_cfg)
     measured = first.decoder.costs  # once (or pinned): every case's schedule reads the same costs
     if args.warmup is None:
         args.warmup = 1 if first.device.type == "cuda" else 0

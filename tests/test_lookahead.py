@@ -90,10 +90,8 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
 
     dec = make_runtime(router="random", p="0.05", batch_size=8).decoder  # LLM 10 ms + 1 ms/token
     dec.routed = [4, 98]  # r = (4 + 1) / (98 + 2) = 0.05
-    dec.served = [
-        5,
-        1,
-    ]  # (5 + 1) / (1 + 1) = 3 rows per forward: a saved wait is worth 0.05 * 10 / 3 ms
+    # (5 + 1) / (1 + 1) = 3 rows per forward: a saved wait is worth 0.05 * 10 / 3 ms
+    dec.served = [5, 1]
     # 5 unseen tokens waste 5 ms * 0.95 ** left: no more than the wait saved from 67 tokens left on
     assert dec._rides(row_with(left=67, unseen=5))
     assert not dec._rides(row_with(left=66, unseen=5))
@@ -101,9 +99,7 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
     dec.costs = dataclasses.replace(dec.costs, llm=(0.01, 0.0))  # tokens free, as on a GPU
     assert dec._rides(row_with(left=1, unseen=5))
     unseen_by_the_llm = row_with(left=67, unseen=5)
-    unseen_by_the_llm.llm_len = (
-        0  # it would feed its prompt: it waits for its first routed position
-    )
+    unseen_by_the_llm.llm_len = 0  # it would feed its prompt: it waits for its first routed one
     assert not dec._rides(unseen_by_the_llm)
     dec.lookahead = False
     assert not dec._rides(row_with(left=67, unseen=5))
