@@ -78,6 +78,15 @@ class RoutedConfig:
             raise ConfigError(
                 "guess_ahead must be >= 0 (0: a routed row waits for the LLM at once)"
             )
+        for key in ("cost_slm", "cost_llm"):
+            value = getattr(self, key)
+            if value is not None and min(value) < 0:
+                raise ConfigError(
+                    f"{key}={value[0]:g}:{value[1]:g}: seconds cannot be negative "
+                    "(fixed_s:per_token_s, e.g. 0.03:0.001; leave it out to measure)"
+                )
+        if self.cost_router is not None and self.cost_router < 0:
+            raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"

@@ -28,6 +28,8 @@ def test_paper_presets_ship():
         ({"batch_size": "zero"}, "batch_size='zero' is not a valid int"),
         ({"dtype": "int4"}, "choose one of: auto, float32"),
         ({"cost_llm": "0.1"}, "fixed_s:per_token_s"),
+        ({"cost_slm": "-0.01:0"}, "cost_slm=-0.01:0: seconds cannot be negative"),
+        ({"cost_router": "-1"}, "cost_router=-1: seconds cannot be negative"),
         ({"config": "no-such-preset"}, "neither a YAML file nor a preset"),
         ({"device": "tpu"}, "device='tpu' is not supported"),
     ],
