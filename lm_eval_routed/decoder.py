@@ -5,9 +5,10 @@ One loop serves every policy. Each iteration:
   2. the router marks rows whose next position goes to the LLM: they start waiting, their SLM token
      is dropped (nothing to roll back: it was never committed);
   3. when the schedule says so (schedule.py: by default once another SLM step over the rows still
-     decoding would gain tokens more slowly than an LLM forward now; always once every unfinished
-     row waits), the LLM runs one forward over the waiting rows, each over all the tokens it has
-     not seen yet, and commits them.
+     decoding would gain tokens more slowly than an LLM forward now, and once no request is left
+     to admit, not before the waiting rows are what the run's end waits on; always once every
+     unfinished row waits), the LLM runs one forward over the waiting rows, each over all the
+     tokens it has not seen yet, and commits them.
 Rows still decoding ride along in that forward (``lookahead``): their tokens pass through the LLM
 once whatever the schedule, so they add little to it, and it leaves each of them the LLM's prediction
 for its next position. If the router sends that position to the LLM, the row takes the token there and
@@ -113,7 +114,7 @@ class MixedDecoder(UncheckedTokens):
         while queue or active:
             while queue and free:
                 active.append(self._admit(*queue.popleft(), slot=free.pop()))
-            self._step(active, caches)
+            self._step(active, caches, closing=not queue)
             for row in [r for r in active if r.finish]:
                 active.remove(row)
                 free.append(row.slot)
@@ -144,7 +145,9 @@ class MixedDecoder(UncheckedTokens):
         row.waiting = self.router.mode == "speculative" and self._draft_budget(row) == 0
         return row
 
-    def _step(self, active: list[Row], caches: dict) -> None:
+    def _step(self, active: list[Row], caches: dict, closing: bool = False) -> None:
+        """One SLM step over the rows not waiting, then an LLM forward if the schedule says so;
+        ``closing``: no request is left to take a finished row's slot (schedule.py, the run's end)."""
         drafting = [r for r in active if not r.waiting]
         moving = len(drafting)  # rows routed before the SLM step move on too: to the LLM
         routed = None
@@ -153,11 +156,20 @@ class MixedDecoder(UncheckedTokens):
         fed = self._slm_forward(drafting, caches["slm"], routed) if drafting else 0
         self.schedule.slm_step(moving, fed)
         waiting = [r for r in active if r.waiting and not r.finish]
-        if self.schedule.due(len(waiting), sum(1 for r in active if not r.finish)):
+        unfinished = [r for r in active if not r.finish]
+        lag = self._lag(waiting, unfinished) if closing and waiting else None
+        if self.schedule.due(len(waiting), len(unfinished), lag):
             self._llm_step(waiting + self._riders(active), caches["llm"])
             self.served[0] += len(waiting)
             self.served[1] += 1
             self.schedule.llm_ran(sum(1 for r in waiting if r.waiting))
+
+    @staticmethod
+    def _lag(waiting: list[Row], unfinished: list[Row]) -> int:
+        """How many more tokens the waiting row furthest from its end has left than any row still
+        decoding (each row's token budget: the one length known before it ends)."""
+        left = [r.req.max_new_tokens - r.generated for r in unfinished if not r.waiting]
+        return max(r.req.max_new_tokens - r.generated for r in waiting) - max(left, default=0)
 
     def _pre_route(self, rows: list[Row]) -> tuple[list[Row], list[bool]]:
         """Blind policies decide first; rows they send to the LLM skip this SLM step unless they

@@ -16,6 +16,16 @@ gain of an extra step falls as rows start waiting. On the demo pair it was as fa
 fixed ``llm_min_batch`` at every LLM share measured (docs/performance.md), with no number to choose
 per machine.
 
+That rate is what to maximise while requests queue for the rows' slots. Once none is left, what counts
+is when the last row ends. A waiting row with fewer tokens left to write than some row still decoding
+delays nothing by waiting: the run ends on that other row. So at the end of a run the cost rule also
+holds the LLM until the waiting row with the most tokens left (by its token budget, the one length
+known before a row ends) has more left than every decoding row by as many SLM steps as one LLM
+forward's fixed cost pays for: past that, its wait delays the end by more than a forward it may save.
+Paused rows drift apart, and without this the run ended on a tail of forwards that served a row or
+two each, where lockstep rows end together; on the demo pair it made 1-11% fewer LLM forwards at the
+same speed (docs/performance.md).
+
 A fixed ``llm_min_batch`` overrides the rule (``schedule=lockstep`` is ``llm_min_batch=1``). Without
 usable costs (an LLM forward priced at zero), the LLM runs once half the rows in flight wait.
 Whatever the rule, the LLM runs when every unfinished row waits, so the loop never deadlocks; and
@@ -57,8 +67,12 @@ class LLMSchedule:
         again at once (stitch mode: the LLM keeps control) since their next token is due too."""
         self.gain, self.spent = still_waiting, still_waiting * self.costs.llm[1]
 
-    def due(self, waiting: int, unfinished: int) -> bool:
-        """Whether the LLM runs now, with ``waiting`` of ``unfinished`` rows waiting for it."""
+    def due(self, waiting: int, unfinished: int, lag: int | None = None) -> bool:
+        """Whether the LLM runs now, with ``waiting`` of ``unfinished`` rows waiting for it.
+
+        ``lag`` (at the end of a run, when no request is left to admit): how many more tokens the
+        waiting row furthest from its end has left to write than any row still decoding.
+        """
         if waiting == 0:
             return False
         if waiting == unfinished:
@@ -69,4 +83,6 @@ class LLMSchedule:
             return waiting >= (unfinished + 1) // 2
         decoding = unfinished - waiting
         step = self.costs.forward_s("slm", decoding) + decoding * self.costs.llm[1]
+        if lag is not None and lag * step < self.costs.llm[0]:
+            return False  # the waiting rows are not yet what the run's end waits on
         return decoding / step < self.gain / (self.spent + self.costs.llm[0])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from test_decoder_fidelity import requests
 
 from lm_eval_routed.accounting import CostModel
 from lm_eval_routed.config import load_config
+from lm_eval_routed.decoder import MixedDecoder
 from lm_eval_routed.runtime import with_costs
 from lm_eval_routed.schedule import LLMSchedule
 
@@ -108,3 +111,50 @@ def test_with_costs_fills_only_what_was_left_to_measurement():
     costs = CostModel(slm=(0.002, 0.0), llm=(0.02, 0.001), router=0.0005)
     cfg = with_costs(load_config({"cost_llm": "0.05:0"}), costs)
     assert (cfg.cost_slm, cfg.cost_llm, cfg.cost_router) == ((0.002, 0.0), (0.05, 0.0), 0.0005)
+
+
+def test_the_runs_end_waits_for_the_row_it_ends_on():
+    # 16 tokens over 20 ms and an LLM forward at 30 ms: the rate rule runs once 5 of 8 rows wait,
+    # and an SLM step over the 3 left costs 10 ms, so a forward is worth 3 steps of the run's end.
+    schedule = collected(0.03)
+    assert schedule.due(5, 8) and not schedule.due(4, 8)
+    assert not schedule.due(5, 8, lag=2)  # a decoding row has nearly as far to go: it waits
+    assert schedule.due(5, 8, lag=3)
+    assert not schedule.due(5, 8, lag=-10)  # the waiting rows end well before another row
+    assert not schedule.due(4, 8, lag=50)  # lagging never runs what the rate rule holds
+    assert schedule.due(8, 8, lag=0)  # every row waits: never a deadlock
+    assert LLMSchedule(schedule.costs, min_batch=1).due(1, 8, lag=-10)  # lockstep stays lockstep
+
+
+def test_lag_reads_the_token_budgets():
+    def row(budget, generated, waiting):
+        return SimpleNamespace(
+            req=SimpleNamespace(max_new_tokens=budget), generated=generated, waiting=waiting
+        )
+
+    waiting = [row(64, 10, True), row(64, 30, True)]
+    decoding = [row(64, 40, False), row(16, 2, False)]
+    assert MixedDecoder._lag(waiting, waiting + decoding) == 54 - 24
+    assert MixedDecoder._lag(waiting, waiting) == 54  # nothing decodes: the schedule runs anyway
+
+
+def test_the_end_rule_applies_once_no_request_is_queued(make_runtime, tokenizer):
+    rt = make_runtime(router="random", p="0.3", batch_size=2)
+    dec, admitted, lags = rt.decoder, [0], []
+    admit, due = dec._admit, dec.schedule.due
+
+    def counting_admit(*args, **kw):
+        admitted[0] += 1
+        return admit(*args, **kw)
+
+    def recording_due(waiting, unfinished, lag=None):
+        lags.append((admitted[0], waiting, lag))
+        return due(waiting, unfinished, lag)
+
+    dec._admit, dec.schedule.due = counting_admit, recording_due
+    reqs = requests(tokenizer)
+    rt.generate(reqs)
+    queued = [lag for n, w, lag in lags if n < len(reqs)]
+    closing = [lag for n, w, lag in lags if n == len(reqs) and w]
+    assert queued and all(lag is None for lag in queued)
+    assert closing and all(isinstance(lag, int) for lag in closing)
