@@ -37,8 +37,8 @@ from lm_eval_routed.engine import ForwardOut
 from lm_eval_routed.routers.static import Random
 from lm_eval_routed.rows import GenRequest
 
-EOS, FILLER = 1, 0
-PROMPT = 45  # tokens per prompt: the benchmark's chat prompts on the demo tokenizer
+EOS = 1
+PROMPT = 45  # tokens per prompt, about the benchmark's chat prompts (40-50 on the demo tokenizer)
 
 # The demo pair on a 2-core CPU, fp32, native engine: the start-up cost model the schedule prices
 # by default, and the costs profiled over benchmark runs (docs/performance.md, "When the LLM runs").
