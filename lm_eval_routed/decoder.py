@@ -168,8 +168,8 @@ class MixedDecoder(UncheckedTokens):
     def _lag(waiting: list[Row], unfinished: list[Row]) -> int:
         """How many more tokens the waiting row furthest from its end has left than any row still
         decoding (each row's token budget: the one length known before it ends)."""
-        left = [r.req.max_new_tokens - r.generated for r in unfinished if not r.waiting]
-        return max(r.req.max_new_tokens - r.generated for r in waiting) - max(left, default=0)
+        decoding = [r.left for r in unfinished if not r.waiting]
+        return max(r.left for r in waiting) - max(decoding, default=0)
 
     def _pre_route(self, rows: list[Row]) -> tuple[list[Row], list[bool]]:
         """Blind policies decide first; rows they send to the LLM skip this SLM step unless they
@@ -293,7 +293,7 @@ class MixedDecoder(UncheckedTokens):
             return False
         share = (self.routed[0] + 1) / (self.routed[1] + 2)
         saved = share * self.costs.llm[0] * (self.served[1] + 1) / (self.served[0] + 1)
-        wasted = (1 - share) ** (row.req.max_new_tokens - row.generated)
+        wasted = (1 - share) ** row.left
         return saved >= wasted * (len(row.seq) - row.llm_len) * self.costs.llm[1]
 
     def _has_ahead(self, row: Row) -> bool:

@@ -111,4 +111,4 @@ class UncheckedTokens:
 
     def _draft_budget(self, row: Row) -> int:
         """Drafts a row may still make: gamma, less the room the LLM's own token needs."""
-        return max(0, min(row.gamma, row.req.max_new_tokens - row.generated - 1))
+        return max(0, min(row.gamma, row.left - 1))

@@ -79,6 +79,11 @@ class Row:
     def generated(self) -> int:
         return len(self.seq) - self.n_prompt
 
+    @property
+    def left(self) -> int:
+        """Tokens the row may still write: its budget less what it has written."""
+        return self.req.max_new_tokens - self.generated
+
 
 def seeded_generator(seed: int, salt: str, device: torch.device | str) -> torch.Generator:
     """A generator seeded from ``seed`` and a purpose (``salt``): one stream per sample and use."""

@@ -128,9 +128,7 @@ def test_the_runs_end_waits_for_the_row_it_ends_on():
 
 def test_lag_reads_the_token_budgets():
     def row(budget, generated, waiting):
-        return SimpleNamespace(
-            req=SimpleNamespace(max_new_tokens=budget), generated=generated, waiting=waiting
-        )
+        return SimpleNamespace(left=budget - generated, waiting=waiting)
 
     waiting = [row(64, 10, True), row(64, 30, True)]
     decoding = [row(64, 40, False), row(16, 2, False)]
