@@ -9,7 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "tasks-path": ("lm_eval_routed.cli:tasks_path", "print the folder holding the task YAMLs"),
     "exec-check": (
-        "lm_eval_routed.sandbox:exec_check_main",
+        "lm_eval_routed.evals.exec_check:exec_check_main",
         "run one solution against one problem",
     ),
     "demo": ("lm_eval_routed.jobs.demo:main", "score routers on the offline demo pair"),

@@ -122,3 +122,9 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     deprecates the old name) or ``past_key_values``."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def load_pair_model(ref: str, dtype: str, device: str):
+    """(model, tokenizer) through the project's loader, with ``auto`` dtype and device resolved."""
+    dev = resolve_device(device)
+    return load_model(ref, resolve_dtype(dtype, dev), dev)

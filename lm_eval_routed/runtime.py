@@ -18,9 +18,11 @@ from tqdm import tqdm
 
 from lm_eval_routed.accounting import CostModel, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
-from lm_eval_routed.cpu_linear import is_prepacked, prepack_linears, unpack_linears
-from lm_eval_routed.decoder import GenRequest, GenResult, MixedDecoder
-from lm_eval_routed.engine import HFEngine
+from lm_eval_routed.core.cpu_linear import is_prepacked, prepack_linears, unpack_linears
+from lm_eval_routed.core.decoder import MixedDecoder
+from lm_eval_routed.core.engine import HFEngine
+from lm_eval_routed.core.native import checked_engine, unsupported
+from lm_eval_routed.core.rows import GenRequest, GenResult
 from lm_eval_routed.models import (
     ParamCount,
     check_same_vocab,
@@ -30,7 +32,6 @@ from lm_eval_routed.models import (
     resolve_device,
     resolve_dtype,
 )
-from lm_eval_routed.native import checked_engine, unsupported
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)

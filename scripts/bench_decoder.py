@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lm_eval_routed.cache import round_up
 from lm_eval_routed.config import ENGINES, ConfigError, load_config
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.cache import round_up
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.models import cache_kwarg
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
 
@@ -397,7 +397,7 @@ def bench_lm_eval(args) -> dict:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_routed.lm_eval_model import RoutedLM
+    from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 
     routed = RoutedLM(
         batch_size=args.lm_eval_batch,

@@ -32,10 +32,10 @@ import torch
 
 from lm_eval_routed.accounting import CostModel
 from lm_eval_routed.config import ConfigError, load_config
-from lm_eval_routed.decoder import MixedDecoder
-from lm_eval_routed.engine import ForwardOut
+from lm_eval_routed.core.decoder import MixedDecoder
+from lm_eval_routed.core.engine import ForwardOut
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.routers.static import Random
-from lm_eval_routed.rows import GenRequest
 
 EOS = 1
 PROMPT = 45  # tokens per prompt, about the benchmark's chat prompts (40-50 on the demo tokenizer)

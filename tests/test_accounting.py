@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lm_eval_routed.accounting import SampleTally
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 
 
 def test_record_formula():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from lm_eval_routed.cpu_linear import PackedLinear, prepack_linears, supported, unpack_linears
+from lm_eval_routed.core.cpu_linear import PackedLinear, prepack_linears, supported, unpack_linears
 
 pytestmark = pytest.mark.skipif(
     not supported(torch.float32), reason="this torch build has no prepacked oneDNN linear"

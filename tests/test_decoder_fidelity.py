@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_eval_routed import drafts
 from lm_eval_routed.config import load_config
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core import drafts
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import build_runtime
 
 PROMPTS = [

@@ -9,7 +9,7 @@ import torch
 from helpers import char_tokenizer, tiny_llama
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.models import check_same_vocab
 
 

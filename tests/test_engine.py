@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from lm_eval_routed import cache as cache_module
-from lm_eval_routed.cache import round_up
-from lm_eval_routed.engine import HFEngine
+from lm_eval_routed.core import cache as cache_module
+from lm_eval_routed.core.cache import round_up
+from lm_eval_routed.core.engine import HFEngine
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41, 42, 43]]
 
@@ -156,7 +156,7 @@ def test_sliding_window_models_are_flagged(pair, caplog):
         num_key_value_heads=1,
         sliding_window=16,
     )
-    with caplog.at_level(logging.WARNING, logger="lm_eval_routed.engine"):
+    with caplog.at_level(logging.WARNING, logger="lm_eval_routed.core.engine"):
         HFEngine(pair[1], vocab_size=98)
         assert "sliding window" not in caplog.text
         HFEngine(MistralForCausalLM(cfg), vocab_size=98)

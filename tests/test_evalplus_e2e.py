@@ -69,7 +69,7 @@ def offline(setup, monkeypatch):
 
 
 def decoder(cfg: Path, **kwargs):
-    from lm_eval_routed.evalplus_backend import RoutedDecoder
+    from lm_eval_routed.adapters.evalplus_backend import RoutedDecoder
 
     return RoutedDecoder(
         name=str(cfg),
@@ -155,7 +155,7 @@ def test_chat_template_wraps_the_prompt(offline, monkeypatch):
 
 
 def test_resume_continues_sample_index_and_refuses_other_settings(offline, tmp_path, monkeypatch):
-    from lm_eval_routed.evalplus_backend import wrap_codegen
+    from lm_eval_routed.adapters.evalplus_backend import wrap_codegen
 
     target = tmp_path / "humaneval" / "pair_routed_temp_0.0.jsonl"
     target.parent.mkdir()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
+from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import load_config
-from lm_eval_routed.lm_eval_model import RoutedLM
 from lm_eval_routed.runtime import build_runtime
 
 
@@ -86,7 +86,7 @@ def test_generate_until_respects_until_and_keys_repeats(lm):
 
 
 def test_a_later_evaluation_replaces_a_tasks_records(lm, monkeypatch):
-    from lm_eval_routed import lm_eval_model
+    from lm_eval_routed.adapters import lm_eval_model
 
     monkeypatch.setattr(lm_eval_model, "RECORDS", {})
     req = inst("generate_until", ("Q: 2+2\nA:", {"until": ["\n"], "max_gen_toks": 4}), doc_id=3)
@@ -115,7 +115,7 @@ def test_empty_context_is_scored_after_bos_as_hf_does(pair, tokenizer):
 def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
     """Requests carry a doc's position among the evaluated docs; lm-eval logs its dataset index,
     which differs under ``--samples``. Each logged sample must still get its own doc's records."""
-    from lm_eval_routed import lm_eval_model
+    from lm_eval_routed.adapters import lm_eval_model
 
     def doc(position: int, prompt: str) -> list[dict]:
         return [
@@ -146,7 +146,7 @@ def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
     ],
 )
 def test_lm_eval_flags_and_model_args_merge(monkeypatch, model_args, flags, want):
-    from lm_eval_routed import lm_eval_model
+    from lm_eval_routed.adapters import lm_eval_model
 
     class Stop(Exception):
         pass

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from test_decoder_fidelity import requests
 
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 
 
 def run(make_runtime, tokenizer, lookahead: bool, sample: bool = False, **args):
@@ -80,7 +80,7 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
 ):
     """With chance r a ride saves one row of an LLM forward (fixed cost / rows per forward); the
     tokens it feeds are wasted if no later position of the row is routed, chance (1 - r) ** left."""
-    from lm_eval_routed.rows import Row
+    from lm_eval_routed.core.rows import Row
 
     def row_with(left: int, unseen: int) -> Row:
         req = GenRequest(prompt_ids=[1], max_new_tokens=100)

@@ -21,12 +21,12 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from lm_eval_routed import native
 from lm_eval_routed.config import ConfigError, load_config
-from lm_eval_routed.cpu_linear import _PACKED, prepack_linears
-from lm_eval_routed.decoder import GenRequest
-from lm_eval_routed.engine import HFEngine
-from lm_eval_routed.native import NativeEngine, checked_engine, unsupported
+from lm_eval_routed.core import native
+from lm_eval_routed.core.cpu_linear import _PACKED, prepack_linears
+from lm_eval_routed.core.engine import HFEngine
+from lm_eval_routed.core.native import NativeEngine, checked_engine, unsupported
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import make_engine
 
 SIZES = dict(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.citer import CiterNet
 from lm_eval_routed.routers.r2r import R2RNet

@@ -25,7 +25,7 @@ def test_plain_start_up_imports_nothing_heavy():
         "import sys\n"
         "names = ('torch', 'transformers', 'lm_eval', 'lm_eval_routed.config')\n"
         "heavy = [m for m in names if m in sys.modules]\n"
-        "print('lm_eval_routed._hook' in sys.modules, heavy)"
+        "print('lm_eval_routed.adapters.hook' in sys.modules, heavy)"
     )
     assert out == "True []"
 
@@ -58,7 +58,7 @@ def test_start_up_hook_imports_nothing_but_itself():
         for line in out.splitlines()
         if line.startswith("import time:") and line.count("|") == 2 and "cumulative" not in line
     ]
-    at = next(i for i, n in enumerate(names) if n.strip() == "lm_eval_routed._hook")
+    at = next(i for i, n in enumerate(names) if n.strip() == "lm_eval_routed.adapters.hook")
     depth = len(names[at]) - len(names[at].lstrip())
     below = []
     for name in reversed(names[:at]):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lm_eval_routed.accounting import CostModel
-from lm_eval_routed.rows import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 COSTS = CostModel(slm=(0.0084, 0.00013), llm=(0.031, 0.00087))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_routed import sandbox
-from lm_eval_routed.livecodebench import evaluate_code
-from lm_eval_routed.sandbox import Limits, run_sandboxed
+from lm_eval_routed.evals import sandbox
+from lm_eval_routed.evals.livecodebench import evaluate_code
+from lm_eval_routed.evals.sandbox import Limits, run_sandboxed
 
 LIMITS = Limits(wall_s=2.0, memory_mb=512, file_mb=16, nproc=32)
 SECRET = "routed-secret-" + secrets.token_hex(4)

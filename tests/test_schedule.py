@@ -9,9 +9,9 @@ from test_decoder_fidelity import requests
 
 from lm_eval_routed.accounting import CostModel
 from lm_eval_routed.config import load_config
-from lm_eval_routed.decoder import MixedDecoder
+from lm_eval_routed.core.decoder import MixedDecoder
+from lm_eval_routed.core.schedule import LLMSchedule
 from lm_eval_routed.runtime import with_costs
-from lm_eval_routed.schedule import LLMSchedule
 
 
 def fires_at(schedule: LLMSchedule, rows: int = 8) -> int:

@@ -10,14 +10,14 @@ from collections import OrderedDict
 
 import pytest
 
-from lm_eval_routed.livecodebench import (
+from lm_eval_routed.evals.livecodebench import (
     build_prompt,
     decode_tests,
     extract_code,
     func_name,
     stdout_matches,
 )
-from lm_eval_routed.scoring import (
+from lm_eval_routed.evals.scoring import (
     aime_correct,
     gpqa_choices,
     gpqa_letter,

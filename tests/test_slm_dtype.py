@@ -7,7 +7,7 @@ import torch
 from helpers import write_workspace
 
 from lm_eval_routed.config import ConfigError, load_config
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import build_runtime
 
 

@@ -155,7 +155,7 @@ def _run_cell(
 ) -> None:
     import lm_eval
 
-    from lm_eval_routed.lm_eval_model import RoutedLM
+    from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 
     lm = RoutedLM.from_runtime(runtime)
     results = lm_eval.simple_evaluate(

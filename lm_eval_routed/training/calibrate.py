@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def entropy_main(argv: list[str]) -> int:
     """Calibrate entropy thresholds (and the latency model); write a config YAML plus details JSON."""
-    from lm_eval_routed.training.cli import load_pair_model
+    from lm_eval_routed.models import load_pair_model
 
     args = _parser().parse_args(argv)
     shares = [float(s) for s in args.shares.split(",") if s.strip()]

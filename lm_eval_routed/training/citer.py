@@ -151,7 +151,7 @@ def step_rollouts(
     opts: CiterOptions,
 ) -> JsonlLog:
     """Round ``k``'s rollout labels: prefix + SLM token, decoded by ``runtime`` to the end, checked."""
-    from lm_eval_routed.decoder import GenRequest
+    from lm_eval_routed.core.rows import GenRequest
 
     tok = runtime.tokenizer
     book = JsonlLog(workdir / f"rollouts-r{k}.jsonl", ("sample", "position"))

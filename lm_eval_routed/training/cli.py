@@ -17,18 +17,11 @@ import sys
 from pathlib import Path
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.models import load_pair_model
 from lm_eval_routed.training.common import load_rows, pick_field
 from lm_eval_routed.training.trainer import TrainOptions
 
 log = logging.getLogger(__name__)
-
-
-def load_pair_model(ref: str, dtype: str, device: str):
-    """(model, tokenizer) through the project's loader, with ``auto`` dtype and device resolved."""
-    from lm_eval_routed.models import load_model, resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    return load_model(ref, resolve_dtype(dtype, dev), dev)
 
 
 def _models(p: argparse.ArgumentParser, llm: bool = True) -> None:

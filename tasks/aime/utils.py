@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the YAMLs)
+from lm_eval_routed.evals.scoring import (  # noqa: F401  (aggregations named in the YAMLs)
     aime_correct,
     keep_all,
     mean_over_repeats,
@@ -10,7 +10,7 @@ from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the Y
     stderr_over_repeats,
     unwrap,
 )
-from lm_eval_routed.task_data import load_rows
+from lm_eval_routed.evals.task_data import load_rows
 
 PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the YAML)
+from lm_eval_routed.evals.scoring import (  # noqa: F401  (aggregations named in the YAML)
     LETTERS,
     gpqa_choices,
     gpqa_letter,
@@ -12,7 +12,7 @@ from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the Y
     stderr_over_repeats,
     unwrap,
 )
-from lm_eval_routed.task_data import load_rows
+from lm_eval_routed.evals.task_data import load_rows
 
 PROMPT = (
     "Answer the following multiple choice question. The last line of your response should be of the "

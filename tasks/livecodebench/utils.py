@@ -6,15 +6,15 @@ import json
 import os
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.livecodebench import build_prompt, evaluate_many, in_window
-from lm_eval_routed.sandbox import Limits
-from lm_eval_routed.scoring import (  # noqa: F401  (aggregations named in the YAML)
+from lm_eval_routed.evals.livecodebench import build_prompt, evaluate_many, in_window
+from lm_eval_routed.evals.sandbox import Limits
+from lm_eval_routed.evals.scoring import (  # noqa: F401  (aggregations named in the YAML)
     mean_over_repeats,
     repeat_metrics,
     stderr_over_repeats,
     unwrap,
 )
-from lm_eval_routed.task_data import load_rows
+from lm_eval_routed.evals.task_data import load_rows
 
 HUB_ID = "lighteval/code_generation_lite"  # parquet mirror: loads with datasets >= 4
 

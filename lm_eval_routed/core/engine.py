@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface
 
-from lm_eval_routed.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
+from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
 from lm_eval_routed.models import cache_kwarg
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from evalplus.provider.base import DecoderBase
 from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make_raw_chat_prompt
 
 from lm_eval_routed.config import ConfigError, load_config, parse_arg_string
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import build_runtime, sample_seed
 
 # settings that change how fast a run goes, not what it writes: a resumed run may differ in them

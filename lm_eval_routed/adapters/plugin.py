@@ -9,7 +9,7 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-LM_EVAL_TARGET = "lm_eval_routed.lm_eval_model:RoutedLM"
+LM_EVAL_TARGET = "lm_eval_routed.adapters.lm_eval_model:RoutedLM"
 
 
 def register_lm_eval(registry: ModuleType) -> None:
@@ -54,7 +54,7 @@ def patch_sample_logging(tracker: ModuleType) -> None:
     def save(self, task_name, samples):
         import sys
 
-        model = sys.modules.get("lm_eval_routed.lm_eval_model")
+        model = sys.modules.get("lm_eval_routed.adapters.lm_eval_model")
         if model is not None:
             model.attach_records(self, task_name, samples)
         return original(self, task_name, samples)
@@ -64,13 +64,13 @@ def patch_sample_logging(tracker: ModuleType) -> None:
 
 def register_evalplus(provider: ModuleType) -> None:
     """Route ``--backend routed`` in EvalPlus's ``make_model`` to our decoder; others pass through."""
-    from lm_eval_routed.evalplus_backend import wrap_make_model
+    from lm_eval_routed.adapters.evalplus_backend import wrap_make_model
 
     provider.make_model = wrap_make_model(provider.make_model)
 
 
 def patch_evalplus_codegen(codegen: ModuleType) -> None:
     """Let EvalPlus's codegen tell a routed decoder where its samples go (accounting sits beside)."""
-    from lm_eval_routed.evalplus_backend import wrap_codegen
+    from lm_eval_routed.adapters.evalplus_backend import wrap_codegen
 
     codegen.codegen = wrap_codegen(codegen.codegen)

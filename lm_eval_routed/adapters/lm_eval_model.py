@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lm_eval_routed.accounting import SampleTally, bare, records_by_sample
 from lm_eval_routed.config import ConfigError, load_config
-from lm_eval_routed.decoder import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lm_eval_routed.rows import Row
-from lm_eval_routed.sampling import accept_drafts
+from lm_eval_routed.core.rows import Row
+from lm_eval_routed.core.sampling import accept_drafts
 
 # Below this share of right guesses, rolled-back SLM steps and the LLM tokens spent checking them cost
 # more than the waits they save (break-even near 0.4 in a simulation on the demo pair's measured

@@ -9,11 +9,11 @@ import sys
 
 # module name -> "lm_eval_routed.module:function" run with the freshly executed module
 _AFTER_IMPORT = {
-    "lm_eval.api.registry": "lm_eval_routed.plugin:register_lm_eval",
-    "lm_eval.tasks.manager": "lm_eval_routed.plugin:add_task_path",
-    "lm_eval.loggers.evaluation_tracker": "lm_eval_routed.plugin:patch_sample_logging",
-    "evalplus.provider": "lm_eval_routed.plugin:register_evalplus",
-    "evalplus.codegen": "lm_eval_routed.plugin:patch_evalplus_codegen",
+    "lm_eval.api.registry": "lm_eval_routed.adapters.plugin:register_lm_eval",
+    "lm_eval.tasks.manager": "lm_eval_routed.adapters.plugin:add_task_path",
+    "lm_eval.loggers.evaluation_tracker": "lm_eval_routed.adapters.plugin:patch_sample_logging",
+    "evalplus.provider": "lm_eval_routed.adapters.plugin:register_evalplus",
+    "evalplus.codegen": "lm_eval_routed.adapters.plugin:patch_evalplus_codegen",
 }
 
 

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from lm_eval_routed.sandbox import Limits, isolation, program_python, run_sandboxed
-from lm_eval_routed.scoring import strip_reasoning
+from lm_eval_routed.evals.sandbox import Limits, isolation, program_python, run_sandboxed
+from lm_eval_routed.evals.scoring import strip_reasoning
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_eval_routed import cpu_linear
-from lm_eval_routed.cache import PackedPlan, RowKVCache, attend
-from lm_eval_routed.engine import HFEngine
+from lm_eval_routed.core import cpu_linear
+from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend
+from lm_eval_routed.core.engine import HFEngine
 
 FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3")
 # Off the CPU, fused and separate matrix products may round differently (other kernels): the probe's

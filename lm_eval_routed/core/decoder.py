@@ -33,16 +33,16 @@ import torch
 from torch import Tensor
 
 from lm_eval_routed.accounting import CostModel, SampleTally
-from lm_eval_routed.drafts import UncheckedTokens
-from lm_eval_routed.engine import HFEngine
+from lm_eval_routed.core.drafts import UncheckedTokens
+from lm_eval_routed.core.engine import HFEngine
+from lm_eval_routed.core.rows import GenRequest, GenResult, Row, seeded_generator
+from lm_eval_routed.core.sampling import draw, filtered_probs
+from lm_eval_routed.core.schedule import LLMSchedule
 from lm_eval_routed.routers.base import Router, StepView
-from lm_eval_routed.rows import GenRequest, GenResult, Row, seeded_generator
-from lm_eval_routed.sampling import draw, filtered_probs
-from lm_eval_routed.schedule import LLMSchedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GenRequest", "GenResult", "MixedDecoder"]  # requests and results live in rows.py
+__all__ = ["MixedDecoder"]
 
 
 class MixedDecoder(UncheckedTokens):

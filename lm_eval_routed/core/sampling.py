@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lm_eval_routed.rows import GenRequest
+from lm_eval_routed.core.rows import GenRequest
 
 
 def filtered_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
