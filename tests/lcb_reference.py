@@ -4,6 +4,7 @@ Written from the rules as the official grader states them, independently of the 
 
 - the program is a fixed header (star imports of eighteen standard modules, plain imports of
   sixteen, recursion limit 50000) followed by the solution; Python's int/str digit limit is 50000;
+- the program's module has no ``__file__``;
 - stdin tests: the solution runs as a script; SystemExit ends it normally, any other exception
   fails the test; stdout and the expected text are each stripped, cut at newlines and each line
   stripped; the line counts must agree and each line must be equal as text, or else consist of
@@ -57,7 +58,7 @@ PREAMBLE = "\n".join(
 _STDIN_DRIVER = """
 import sys
 path = sys.argv[1]
-scope = {"__name__": "__main__", "__file__": path}
+scope = {"__name__": "__main__"}
 try:
     exec(compile(open(path).read(), path, "exec"), scope)
 except SystemExit:

@@ -85,6 +85,8 @@ PROGRAMS = [
     stdin("recursion_40000", RECURSE.format(40000), True, [("\n", "40000\n")]),
     stdin("recursion_60000", RECURSE.format(60000), False, [("\n", "60000\n")]),
     stdin("huge_int", "print(10 ** 5000)\n", True, [("\n", "1" + "0" * 5000 + "\n")]),
+    stdin("future_import", "from __future__ import annotations\nprint(3)\nprint(7)\n", False),
+    stdin("no_dunder_file", "print(3 if __file__ else 0)\nprint(7)\n", False),
     # stdin: comparison borderlines
     printing("sci_vs_near_int", "1e+18\n", "999999999999999999\n", False),
     printing("sci_vs_equal_int", "1e+18\n", "1000000000000000000\n", True),
@@ -137,7 +139,7 @@ def _ours(programs: list[Program]) -> list[bool]:
 
 
 def test_the_set_is_varied():
-    assert len({p.name for p in PROGRAMS}) == len(PROGRAMS) >= 40
+    assert len({p.name for p in PROGRAMS}) == len(PROGRAMS) >= 45
     assert {p.official for p in PROGRAMS} == {True, False}
     assert {p.kind for p in PROGRAMS} == {"stdin", "functional"}
 

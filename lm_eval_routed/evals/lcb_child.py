@@ -111,8 +111,7 @@ def _print_traceback(exc: BaseException, path: str) -> None:
 
 
 def _run_stdin(header_path: str, path: str) -> int:
-    main = types.ModuleType("__main__")
-    main.__file__ = path
+    main = types.ModuleType("__main__")  # no __file__, as officially
     sys.modules["__main__"] = main  # pickle, dataclasses and threads find the program's names
     sys.argv[:] = [path]
     try:
