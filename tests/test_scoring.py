@@ -10,12 +10,12 @@ from collections import OrderedDict
 
 import pytest
 
+from lm_eval_routed.evals.lcb_grading import stdout_matches
 from lm_eval_routed.evals.livecodebench import (
     build_prompt,
     decode_tests,
     extract_code,
     func_name,
-    stdout_matches,
 )
 from lm_eval_routed.evals.scoring import (
     aime_correct,
@@ -117,10 +117,12 @@ def test_private_tests_decode_json_and_packed_strings_only():
     "got,expected,ok",
     [
         ("3\n", "3", True),
-        ("  1 2  \n\n3\n", "1 2\n3\n", True),
-        ("0.3333333\n", "0.333333333", True),
+        ("  1 2  \n3\n\n", "1 2\n3\n", True),  # whole output and each line stripped
+        ("1 2\n\n3\n", "1 2\n3\n", False),  # inner blank lines count (official rule)
+        ("0.3333333\n", "0.333333333", False),  # numbers are exact Decimals, no tolerance
+        ("2.50\n", "2.5", True),
         ("1.5", "1.6", False),
-        ("1000000000000000001", "1000000000000000000", False),  # integers are exact
+        ("1000000000000000001", "1000000000000000000", False),
         ("1 2", "1\n2", False),
         ("yes", "Yes", False),
     ],

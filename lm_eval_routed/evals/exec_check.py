@@ -11,7 +11,11 @@ from lm_eval_routed.evals.sandbox import Limits
 
 
 def exec_check_main(argv: list[str]) -> int:
-    """``lm-eval-routed exec-check PROBLEM.json CODE.py``: print a JSON verdict with per-test results."""
+    """``lm-eval-routed exec-check PROBLEM.json CODE.py``: print a JSON verdict.
+
+    Per test: its status, wall time, detail (traceback tail, or where the answer differs), exit
+    code and the signal that ended it, if any.
+    """
     parser = argparse.ArgumentParser(
         prog="lm-eval-routed exec-check", description=__doc__.split("\n")[0]
     )

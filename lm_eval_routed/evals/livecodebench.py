@@ -1,5 +1,8 @@
 """LiveCodeBench code generation: rows, prompts, code extraction and sandboxed test execution.
 
+Each test runs in its own sandbox: the official header plus the solution, driven by lcb_child.py;
+the verdict follows LiveCodeBench's grading rules (lcb_grading.py).
+
 Rows follow the hub's columns (question_content, starter_code, public_test_cases, private_test_cases,
 metadata, contest_date, ...). Private tests come either as JSON or as base64(zlib(pickle(str))) of JSON;
 the pickle is read with an unpickler that refuses every class, so only plain strings come out.
@@ -11,16 +14,28 @@ import base64
 import io
 import json
 import logging
-import math
 import os
 import pickle
 import re
+import signal
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lm_eval_routed.evals.lcb_grading import (
+    HEADER,
+    INT_MAX_STR_DIGITS,
+    ResultError,
+    decode_result,
+    parse_expected,
+    show_value,
+    stdout_mismatch,
+    values_equal,
+)
 from lm_eval_routed.evals.sandbox import Limits, isolation, program_python, run_sandboxed
 from lm_eval_routed.evals.scoring import strip_reasoning
 
@@ -41,39 +56,18 @@ FORMAT_STDIN = (
 )
 ANSWER = "### Answer: (use the provided format with backticks)\n\n"
 
-# Names competitive solutions use without importing them (LeetCode's environment provides them).
-HEADER = (
-    "import sys, os, math, re, bisect, heapq, itertools, functools, collections, string, random\n"
-    "from typing import *\n"
-    "from collections import *\n"
-    "from functools import lru_cache, reduce, cache\n"
-    "from itertools import accumulate, permutations, combinations, product\n"
-    "from heapq import heappush, heappop, heapify\n"
-    "from bisect import bisect_left, bisect_right, insort\n"
-    "from math import inf, gcd, sqrt, ceil, floor, log, comb\n"
-    "sys.setrecursionlimit(100000)\n"
-)
+# The program that runs in the sandbox beside each solution (see lcb_child.py).
+RUNNER = (Path(__file__).parent / "lcb_child.py").read_text()
 
-# Runs inside the sandbox for functional tests: call the function, report only its JSON result.
-RUNNER = """\
-import json, os, sys
-out = os.dup(1)
-os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # prints of the solution must not mix with the result
-args = [json.loads(line) for line in sys.stdin.read().split("\\n") if line.strip()]
-ns = {"__name__": "solution"}
-with open("solution.py") as f:
-    exec(compile(f.read(), "solution.py", "exec"), ns)
-name = sys.argv[1]
-fn = getattr(ns["Solution"](), name) if "Solution" in ns else ns[name]
-result = fn(*args)
-def plain(x):
-    if isinstance(x, (tuple, list)):
-        return [plain(v) for v in x]
-    if isinstance(x, dict):
-        return {str(k): plain(v) for k, v in x.items()}
-    return x
-os.write(out, b"\\0" + json.dumps(plain(result)).encode() + b"\\0")
-"""
+
+class Status(str, Enum):
+    """How one test ended."""
+
+    PASSED = "passed"
+    WRONG_ANSWER = "wrong_answer"
+    TIMEOUT = "timeout"
+    RUNTIME_ERROR = "runtime_error"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -87,11 +81,18 @@ class TestCase:
 
 @dataclass(frozen=True)
 class TestResult:
-    """Outcome of one test: ``passed``, ``wrong_answer``, ``timeout``, ``runtime_error``, ``skipped``."""
+    """Outcome of one test, with how its process ended.
 
-    status: str
+    ``exit_code`` is the process's exit status (None when a signal ended it); ``signal`` names the
+    signal that ended it, if any. The sandbox's launcher passes a signal death on as status 128+n
+    (as shells do), so a status above 128 also names its signal. A timeout shows the harness's kill.
+    """
+
+    status: Status
     wall_s: float
     detail: str = ""
+    exit_code: int | None = None
+    signal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Verdict:
         return {
             "passed": self.passed,
             "error": self.error,
-            "tests": [asdict(t) for t in self.tests],
+            "tests": [{**asdict(t), "status": t.status.value} for t in self.tests],
         }
 
 
@@ -167,72 +168,64 @@ def extract_code(response: str) -> str | None:
     return blocks[-1][1] if blocks else None
 
 
-def _numbers_close(a: str, b: str) -> bool:
-    if re.fullmatch(r"[-+]?\d+", a) and re.fullmatch(r"[-+]?\d+", b):
-        return int(a) == int(b)  # integers are exact: a float tolerance would merge big ids
+def _exit_of(returncode: int) -> tuple[int | None, str | None]:
+    """(exit status, signal name) of a finished run; Popen gives -n for a death by signal n."""
+    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
     try:
-        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-6)
+        name = signal.Signals(number).name if number else None
     except ValueError:
-        return False
+        name = None
+    return (None if returncode < 0 else returncode), name
 
 
-def stdout_matches(got: str, expected: str) -> bool:
-    """Line-wise, whitespace-insensitive compare; numeric tokens within 1e-6 (abs or rel)."""
-    got_lines = [ln.split() for ln in got.strip().splitlines()]
-    exp_lines = [ln.split() for ln in expected.strip().splitlines()]
-    got_lines = [ln for ln in got_lines if ln]  # blank lines carry no answer
-    exp_lines = [ln for ln in exp_lines if ln]
-    if len(got_lines) != len(exp_lines):
-        return False
-    for g_line, e_line in zip(got_lines, exp_lines):
-        if len(g_line) != len(e_line):
-            return False
-        if any(g != e and not _numbers_close(g, e) for g, e in zip(g_line, e_line)):
-            return False
-    return True
-
-
-def _values_match(got, expected) -> bool:
-    if isinstance(got, float) or isinstance(expected, float):
-        try:
-            return math.isclose(float(got), float(expected), rel_tol=1e-6, abs_tol=1e-6)
-        except (TypeError, ValueError):
-            return False
-    if isinstance(got, list) and isinstance(expected, list):
-        return len(got) == len(expected) and all(map(_values_match, got, expected))
-    return got == expected
-
-
-def _framed_result_matches(stdout: str, expected: str) -> bool:
-    # The runner writes exactly one NUL-framed result; anything else on that fd (a solution
-    # scribbling on inherited descriptors) voids it.
+def _judge_call(stdout: str, expected_text: str) -> tuple[Status, str]:
+    # The runner writes exactly one NUL-framed result; anything else on that descriptor (a
+    # solution scribbling on inherited descriptors) voids it.
+    if "\0" not in stdout:
+        return Status.RUNTIME_ERROR, "the program exited before the function returned"
     if stdout.count("\0") != 2 or not (stdout.startswith("\0") and stdout.endswith("\0")):
-        return False
+        return Status.WRONG_ANSWER, "stray output on the result descriptor voids the result"
     try:
-        return _values_match(json.loads(stdout[1:-1]), json.loads(expected))
-    except ValueError:
-        return False
+        got = decode_result(stdout[1:-1])
+    except ResultError as err:
+        return Status.WRONG_ANSWER, f"unreadable result: {err}"
+    try:
+        expected = parse_expected(expected_text)
+    except (ValueError, RecursionError):
+        return Status.WRONG_ANSWER, "the test's expected output is not JSON"
+    try:
+        ok = values_equal(got, expected)
+    except Exception as err:  # the official grader counts this as a runtime error
+        return Status.RUNTIME_ERROR, f"comparing the returned value raised {err!r}"[:300]
+    if ok:
+        return Status.PASSED, ""
+    return Status.WRONG_ANSWER, f"returned {show_value(got)}, expected {show_value(expected)}"
 
 
 def _run_test(code: str, test: TestCase, name: str | None, limits: Limits) -> TestResult:
+    files = {"header.py": HEADER, "solution.py": code, "runner.py": RUNNER}
+    argv = [program_python(), "-I", "-X", f"int_max_str_digits={INT_MAX_STR_DIGITS}"]
+    argv += ["{work}/runner.py"]
     if test.testtype == "functional":
         if not name:
-            return TestResult("runtime_error", 0.0, "functional test but no func_name in metadata")
-        files = {"solution.py": HEADER + code, "runner.py": RUNNER}
-        argv = [program_python(), "-I", "{work}/runner.py", name]
+            return TestResult(
+                Status.RUNTIME_ERROR, 0.0, "functional test but no func_name in metadata"
+            )
+        argv += ["call", "{work}/header.py", "{work}/solution.py", name]
     else:
-        files = {"solution.py": HEADER + code}
-        argv = [program_python(), "-I", "{work}/solution.py"]
+        argv += ["stdin", "{work}/header.py", "{work}/solution.py"]
     res = run_sandboxed(files, argv, stdin=test.input, limits=limits)
-    if res.timed_out:
-        return TestResult("timeout", res.wall_s)
-    if res.returncode != 0:
-        return TestResult("runtime_error", res.wall_s, res.stderr.strip()[-300:])
-    if test.testtype == "functional":
-        ok = _framed_result_matches(res.stdout, test.output)
+    exit_code, signal_name = _exit_of(res.returncode)
+    if res.timed_out or signal_name == "SIGXCPU":  # out of wall time, or of CPU seconds
+        status, detail = Status.TIMEOUT, ""
+    elif res.returncode != 0:
+        status, detail = Status.RUNTIME_ERROR, res.stderr.strip()[-500:]
+    elif test.testtype == "functional":
+        status, detail = _judge_call(res.stdout, test.output)
     else:
-        ok = stdout_matches(res.stdout, test.output)
-    return TestResult("passed" if ok else "wrong_answer", res.wall_s)
+        detail = stdout_mismatch(res.stdout, test.output)
+        status = Status.WRONG_ANSWER if detail else Status.PASSED
+    return TestResult(status, res.wall_s, detail, exit_code, signal_name)
 
 
 def evaluate_code(
@@ -242,16 +235,17 @@ def evaluate_code(
     limits = limits or Limits()
     tests = all_tests(row)
     if code is None or not code.strip():
-        return Verdict(False, tuple(TestResult("skipped", 0.0) for _ in tests), "no code found")
+        skipped = tuple(TestResult(Status.SKIPPED, 0.0) for _ in tests)
+        return Verdict(False, skipped, "no code found")
     if not tests:
         return Verdict(False, (), "the problem has no tests")
     name, results = func_name(row), []
     for test in tests:
         results.append(_run_test(code, test, name, limits))
-        if stop_early and results[-1].status != "passed":
-            results += [TestResult("skipped", 0.0)] * (len(tests) - len(results))
+        if stop_early and results[-1].status != Status.PASSED:
+            results += [TestResult(Status.SKIPPED, 0.0)] * (len(tests) - len(results))
             break
-    return Verdict(all(r.status == "passed" for r in results), tuple(results))
+    return Verdict(all(r.status == Status.PASSED for r in results), tuple(results))
 
 
 def default_workers() -> int:
