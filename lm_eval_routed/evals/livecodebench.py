@@ -87,7 +87,8 @@ class TestCase:
 
 @dataclass(frozen=True)
 class TestResult:
-    """Outcome of one test: ``passed``, ``wrong_answer``, ``timeout``, ``runtime_error``, ``skipped``."""
+    """Outcome of one test: ``passed``, ``wrong_answer``, ``timeout``, ``output_limit``,
+    ``runtime_error``, ``skipped``."""
 
     status: str
     wall_s: float
@@ -96,17 +97,19 @@ class TestResult:
 
 @dataclass(frozen=True)
 class Verdict:
-    """All tests of one solution; ``passed`` only if every test passed."""
+    """All tests of one solution; ``passed`` only if every test passed; ``isolation``: the sandbox's."""
 
     passed: bool
     tests: tuple[TestResult, ...]
     error: str = ""
+    isolation: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready form (the exec-check output and what lm-eval logs per sample)."""
         return {
             "passed": self.passed,
             "error": self.error,
+            "isolation": self.isolation,
             "tests": [asdict(t) for t in self.tests],
         }
 
@@ -226,6 +229,8 @@ def _run_test(code: str, test: TestCase, name: str | None, limits: Limits) -> Te
     res = run_sandboxed(files, argv, stdin=test.input, limits=limits)
     if res.timed_out:
         return TestResult("timeout", res.wall_s)
+    if res.output_limit:
+        return TestResult("output_limit", res.wall_s)
     if res.returncode != 0:
         return TestResult("runtime_error", res.wall_s, res.stderr.strip()[-300:])
     if test.testtype == "functional":
@@ -251,7 +256,8 @@ def evaluate_code(
         if stop_early and results[-1].status != "passed":
             results += [TestResult("skipped", 0.0)] * (len(tests) - len(results))
             break
-    return Verdict(all(r.status == "passed" for r in results), tuple(results))
+    passed = all(r.status == "passed" for r in results)
+    return Verdict(passed, tuple(results), isolation=isolation().label)
 
 
 def default_workers() -> int:
