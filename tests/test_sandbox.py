@@ -22,7 +22,7 @@ from lm_eval_routed.evals.sandbox import Limits, run_sandboxed
 
 LIMITS = Limits(wall_s=2.0, memory_mb=512, file_mb=16, nproc=32)
 REPO = Path(__file__).resolve().parents[1]
-CORE_LAYERS = {"cgroup", "mount", "pid", "net", "ipc", "uts", "cgroupns", "root", "proc"}
+CORE_LAYERS = {"cgroup", "mount", "pid", "net", "ipc", "uts", "cgroupns", "root", "proc", "keyring"}
 
 
 def stdin_row(expected: str = "42") -> dict:
@@ -386,3 +386,30 @@ def _uid(pid: str) -> int:
         return os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return -1
+
+
+def test_cgroup_v2_layout_is_found_and_used(fresh_probe, monkeypatch, tmp_path):
+    # A directory tree shaped like cgroup v2 (this kernel may offer only v1) checks the file protocol.
+    own = tmp_path / "user.slice" / "harness"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpu memory pids\n")
+    (own / "cgroup.subtree_control").write_text("cpu\n")
+    monkeypatch.setattr(cgroups, "_mounts", lambda: [(str(tmp_path), "cgroup2", {"rw"})])
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/user.slice/harness"})
+    layout = cgroups.setup()
+    assert layout == cgroups.CgroupSetup(2, {"memory": str(own), "pids": str(own)})
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
+    group = cgroups.RunGroup(layout, 100 * sandbox.MB, 10)
+    run_dir = Path(group.dirs["memory"])
+    assert run_dir.parent == own and group.procs_files == [str(run_dir / "cgroup.procs")]
+    assert (run_dir / "memory.max").read_text() == str(100 * sandbox.MB)
+    assert (run_dir / "pids.max").read_text() == "10"
+    assert group.members() == set() and group.kill()
+
+
+def test_cgroup_v2_without_memory_and_pids_is_named(fresh_probe, monkeypatch, tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpu io\n")
+    monkeypatch.setattr(cgroups, "_mounts", lambda: [(str(tmp_path), "cgroup2", {"rw"})])
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/"})
+    with pytest.raises(cgroups.CgroupUnavailable, match="not memory and pids"):
+        cgroups.setup()

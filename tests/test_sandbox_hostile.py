@@ -7,8 +7,10 @@ checks confirm the attack changed nothing outside (files, sockets, processes, en
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import secrets
 import signal
 import socket
@@ -313,6 +315,37 @@ def test_root_is_read_only_and_minimal():
         "work",
     }
     assert errno_line == "30" and who == "True /tmp/work"  # EROFS
+
+
+KEY_SYSCALLS = {
+    "x86_64": (248, 249, 250),
+    "aarch64": (217, 218, 219),
+}  # add_key, request_key, keyctl
+
+
+def test_keys_of_the_harness_session_stay_out_of_reach():
+    numbers = KEY_SYSCALLS.get(platform.machine())
+    if numbers is None:
+        pytest.skip(f"key syscall numbers unknown for {platform.machine()}")
+    add_key, request_key, keyctl = numbers
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = libc.syscall(add_key, b"user", SECRET.encode(), SECRET.encode(), len(SECRET), -3)
+    if key < 0:
+        pytest.skip(f"no session keyring to add a key to: {os.strerror(ctypes.get_errno())}")
+    code = (
+        f"import ctypes\nlibc = ctypes.CDLL(None)\n"
+        f"k = libc.syscall({request_key}, b'user', {SECRET.encode()!r}, None, 0)\n"
+        f"buf = ctypes.create_string_buffer(256)\n"
+        f"n = libc.syscall({keyctl}, 11, k, buf, 256) if k > 0 else 0\n"
+        f"print(buf.raw[: max(n, 0)].decode())\n"
+    )
+    try:
+        assert SECRET not in run(code).stdout
+        # an ordinary child of the harness reads it: the check above can fail
+        plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert SECRET in plain.stdout
+    finally:
+        libc.syscall(keyctl, 21, key)  # KEYCTL_INVALIDATE
 
 
 # ---------------------------------------------------------------- 3. host resources

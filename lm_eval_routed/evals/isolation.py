@@ -11,8 +11,9 @@ Process tree, outermost first:
   in the initial one), forks init, relays a stop request (SIGTERM) as SIGKILL to init, waits for it;
 * init (PID 1 of the run's PID namespace, stays privileged, not ptrace-able): builds a read-only
   root of bind mounts (interpreter, its libraries, a few devices, a fresh ``/proc``, tmpfs ``/tmp``
-  and ``/dev/shm``), ``pivot_root``\\ s into it, forks the program and waits for it; when it exits,
-  the kernel kills every process left in the namespace (``setsid`` or double forks cannot escape);
+  and ``/dev/shm``), ``pivot_root``\\ s into it, joins a fresh session keyring, forks the program
+  and waits for it; when it exits, the kernel kills every process left in the namespace (``setsid``
+  or double forks cannot escape);
 * program: rlimits, no capabilities (bounding set dropped, ``SECBIT_NOROOT``, no new privileges), an
   unprivileged uid (a per-run one when the harness is root, else the caller's, mapped), then ``exec``.
 """
@@ -45,6 +46,8 @@ PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 # fix-ups in force.
 SECUREBITS = 0x01 | 0x02 | 0x08 | 0x20 | 0x40 | 0x80
 PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+KEYCTL_JOIN_SESSION_KEYRING = 1
 SANDBOX_ID = 1000  # the program's uid and gid inside a user namespace (the caller's ids outside)
 DEVICES = ("null", "zero", "full", "random", "urandom")
 STDIO_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1"}
@@ -185,6 +188,12 @@ def _init(spec: dict, status: Status, layers: list, missing: dict) -> None:
             missing["root"] = str(err)
     else:
         missing["root"] = "needs a mount namespace"
+    # The session keyring is inherited: the harness's keys would be the program's to read.
+    number = KEYCTL.get(platform.machine())
+    if number is not None and libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
+        layers.append("keyring")
+    else:
+        missing["keyring"] = "cannot detach the session keyring on this architecture"
     refused = bool(missing) and not spec["allow_weak"]
     status.send(layers=layers, missing=missing, refused=refused)
     if refused:
