@@ -195,7 +195,9 @@ def test_missing_cgroup_refuses_and_weak_opt_in_is_recorded(
     monkeypatch.setenv(cgroups.CGROUP_ENV, str(tmp_path / "no-such-cgroup"))
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "refusing to run untrusted code without cgroup" in err, err
+    assert (
+        err.count("\n") == 1 and "refusing to run untrusted code without a per-run cgroup" in err
+    ), err
     assert f"{sandbox.ALLOW_WEAK_ENV}=1" in err
     monkeypatch.setenv(sandbox.ALLOW_WEAK_ENV, "1")
     assert main(args) == 0
@@ -352,7 +354,11 @@ def test_an_unprivileged_harness_gets_the_same_isolation(tmp_path, delegated):
 def test_an_unprivileged_harness_without_a_cgroup_refuses_in_one_line(tmp_path):
     out = as_unprivileged(tmp_path, {"hello": "print(1)\n"})
     line = out["refused"]
-    assert "\n" not in line and "without cgroup" in line and f"{sandbox.ALLOW_WEAK_ENV}=1" in line
+    assert (
+        "\n" not in line
+        and "without a per-run cgroup" in line
+        and f"{sandbox.ALLOW_WEAK_ENV}=1" in line
+    )
 
 
 def test_weaker_isolation_runs_only_when_opted_into_and_says_so(tmp_path):
@@ -362,7 +368,7 @@ def test_weaker_isolation_runs_only_when_opted_into_and_says_so(tmp_path):
 
 def test_a_kernel_refusing_user_namespaces_is_named(tmp_path, delegated):
     out = as_unprivileged(tmp_path, {"hello": "print(1)\n"}, join=delegated, block_userns=True)
-    assert "without user (" in out.get("refused", ""), out
+    assert "without a user namespace (" in out.get("refused", ""), out
     assert "user.max_user_namespaces" in out["refused"]
 
 
@@ -413,3 +419,22 @@ def test_cgroup_v2_without_memory_and_pids_is_named(fresh_probe, monkeypatch, tm
     monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/"})
     with pytest.raises(cgroups.CgroupUnavailable, match="not memory and pids"):
         cgroups.setup()
+
+
+@pytest.mark.parametrize("name", ["../escape.py", "/tmp/abs.py", "..", ""])
+def test_file_names_stay_inside_the_work_dir(name):
+    with pytest.raises(ValueError, match="plain names"):
+        run_sandboxed({name: "print(1)"}, [sandbox.program_python(), "-c", "pass"])
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])
+def test_run_ends_when_the_program_does_not_when_its_pipes_do(pidfd, monkeypatch):
+    from lm_eval_routed.evals import capture
+
+    if not pidfd:  # kernels before 5.3: the harness polls the launcher instead
+        monkeypatch.setattr(capture, "_pidfd", lambda pid: None)
+    res = run("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(0.5)\nos._exit(3)\n")
+    assert res.returncode == 3 and not res.timed_out and 0.5 < res.wall_s < 1.5, res
+    res = run("import sys\nprint(sys.stdin.read()[::-1])\n", stdin="abc" * 100_000)
+    assert res.ok and res.stdout == "cba" * 100_000 + "\n"
+    assert run("while True:\n    pass\n", Limits(wall_s=0.5)).timed_out

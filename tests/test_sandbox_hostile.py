@@ -237,13 +237,6 @@ CHEAT = {
         "for p in {planted}:\n    try:\n        print(open(p).read().strip())\n        break\n"
         "    except OSError:\n        pass\n"
     ),
-    "walk_the_whole_filesystem": (
-        "import os\nfor root, dirs, files in os.walk('/'):\n"
-        "    dirs[:] = [d for d in dirs if os.path.join(root, d) != '/proc']\n"
-        "    for f in files:\n        if '{secret}' in f or f == 'problem.json':\n"
-        "            try:\n                print(open(os.path.join(root, f)).read())\n"
-        "            except OSError:\n                pass\n"
-    ),
     "climb_out_of_the_work_dir": (
         "import os\nfor p in {planted}:\n    rel = '../' * 12 + p.lstrip('/')\n    try:\n"
         "        print(open(rel).read().strip())\n    except OSError:\n        pass\n"
@@ -288,6 +281,20 @@ CHEAT = {
 def test_program_reads_no_host_file(name, host):
     verdict = judge(CHEAT[name], SECRET, host, Limits(wall_s=6, memory_mb=384, file_mb=16))
     assert not verdict.passed, verdict
+
+
+def test_a_walk_of_everything_visible_finds_no_secret(host):
+    code = (
+        "import os\nn = 0\nfor root, dirs, files in os.walk('/'):\n"
+        "    dirs[:] = [d for d in dirs if os.path.join(root, d) != '/proc']\n    n += len(files)\n"
+        "    for f in files:\n        if '{token}' in f or f == 'problem.json':\n"
+        "            print(os.path.join(root, f))\nprint('walked', n)\n"
+    ).replace("{token}", TOKEN)
+    res = run(code, limits=Limits(wall_s=60))
+    *found, last = res.stdout.splitlines()
+    assert last.startswith("walked ") and int(last.split()[1]) > 100, res  # it saw the libraries
+    assert found == [], f"host files visible in the sandbox: {found}"
+    assert leftovers() == []
 
 
 def test_problem_file_with_expected_outputs_stays_out_of_reach(host):
@@ -440,8 +447,7 @@ def test_memory_of_the_whole_run_is_bounded(name, host):
     stored = int(res.stdout.split()[0]) if res.stdout.strip() else 0
     budget = LIMITS.memory_mb + 64  # the run's cgroup: program, launcher and init
     assert stored <= budget, res
-    if res.memory_peak_mb is not None:  # where the kernel reports the whole run's peak
-        assert res.memory_peak_mb <= budget, res
+    assert res.memory_peak_mb is not None and res.memory_peak_mb <= budget, res
 
 
 # ---------------------------------------------------------------- 4. output floods

@@ -179,6 +179,7 @@ def _quiet_stdio() -> None:
 
 def _init(spec: dict, status: Status, layers: list, missing: dict) -> None:
     _prctl(PR_SET_DUMPABLE, 0)  # the program shares init's uid in a user namespace: no ptrace
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # no KeyboardInterrupt a program could send
     work = spec["work"]
     if "mount" in layers:
         try:

@@ -40,11 +40,17 @@ _LAUNCHER_TASKS = 2
 _UID_BASE = 200_000
 _UIDS_PER_HARNESS = 50_000
 
-_HOW_TO_ALLOW = {
-    "user": "unprivileged user namespaces are off (allow them: sysctl user.max_user_namespaces=15000,"
-    " kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0; or run "
-    "as root)",
-    "root": "the read-only root could not be built (tmpfs, bind mounts or pivot_root refused)",
+# layer -> (what it is, how to get it); namespaces not listed are "a <name> namespace"
+_LAYERS = {
+    "user": (
+        "a user namespace",
+        "unprivileged user namespaces are off: allow them (sysctl user.max_user_namespaces=15000, "
+        "and where present kernel.unprivileged_userns_clone=1 or "
+        "kernel.apparmor_restrict_unprivileged_userns=0) or run as root",
+    ),
+    "root": ("a read-only root", "tmpfs, bind mounts or pivot_root were refused"),
+    "keyring": ("a fresh session keyring", "keyctl was refused"),
+    "cgroup": ("a per-run cgroup", ""),
 }
 
 
@@ -194,13 +200,10 @@ def allow_weak() -> bool:
 def _refusal(missing: dict[str, str]) -> SandboxUnavailable:
     parts = []
     for name, why in missing.items():
-        how = _HOW_TO_ALLOW.get(name)
-        if name == "cgroup":
-            parts.append(f"cgroup ({why})")
-        elif how:
-            parts.append(f"{name} ({why}: {how})")
-        else:
-            parts.append(f"{name} namespace ({why}: the kernel or a container policy refuses it)")
+        what, how = _LAYERS.get(
+            name, (f"a {name} namespace", "the kernel or a container's seccomp policy refuses it")
+        )
+        parts.append(f"{what} ({why}{': ' + how if how else ''})")
     return SandboxUnavailable(
         "sandbox: refusing to run untrusted code without "
         + "; ".join(parts)
@@ -216,6 +219,9 @@ def run_sandboxed(
     ``{work}`` in ``argv`` is replaced by the working directory's path inside the sandbox. Raises
     :class:`SandboxUnavailable` where isolation is incomplete and weaker isolation was not opted into.
     """
+    bad = [n for n in files if os.path.basename(n) != n or n in ("", ".", "..")]
+    if bad:
+        raise ValueError(f"sandbox: file names must be plain names in the working dir, got {bad}")
     isolation()
     return _run(files, argv, stdin, limits or Limits())
 
