@@ -49,7 +49,7 @@ def pump(proc: subprocess.Popen, data: bytes, deadline: float, limit: int, tail:
     try:
         while True:
             now = time.monotonic()
-            if exited_at is None and pidfd is None and proc.poll() is not None:
+            if exited_at is None and pidfd is None and exited(proc.pid):
                 exited_at = now
             # Once the launcher is gone the namespace is too, and the pipes end; only strays of a
             # weak run (no PID namespace) could hold them longer.
@@ -103,21 +103,29 @@ def _pidfd(pid: int) -> int | None:
         return None  # an older kernel: poll instead
 
 
+def exited(pid: int) -> bool:
+    """Whether our child has exited, without reaping it (so its pid still names its group)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def stop(proc: subprocess.Popen, group) -> None:
     """End the run: the launcher kills init (so the kernel kills the namespace) and waits for it."""
-    if proc.poll() is None:
+    if not exited(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        deadline = time.monotonic() + 5
+        while not exited(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+    # Unreaped, the launcher's pid still names its process group: the kill cannot hit a stranger.
+    # It ends a launcher that did not stop, and the strays of a weak run (no PID namespace).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     if group is not None and not group.kill():
         logger.error("sandbox: processes of a run survived SIGKILL: %s", sorted(group.members()))
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # strays of a weak run (no PID namespace, no cgroup)
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         with contextlib.suppress(OSError):
             stream.close()
