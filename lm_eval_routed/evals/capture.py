@@ -6,8 +6,8 @@ memory and ends the run at once with an ``output_limit`` verdict, well inside th
 
 from __future__ import annotations
 
+import ast
 import contextlib
-import json
 import logging
 import os
 import selectors
@@ -140,6 +140,6 @@ def read_status(fd: int) -> dict:
             chunks.append(chunk)
     report: dict = {}
     for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
-        with contextlib.suppress(ValueError):
-            report.update(json.loads(line))
+        with contextlib.suppress(ValueError, SyntaxError):
+            report.update(ast.literal_eval(line))
     return report

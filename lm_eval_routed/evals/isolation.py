@@ -2,8 +2,9 @@
 
 The harness runs this file as a bare script (``python -I -S isolation.py SPEC``) so that isolation
 happens in a fresh single-threaded interpreter, never in a ``preexec_fn`` of the multi-threaded harness.
-It reports on a status pipe (JSON lines): the layers that took, those the kernel refused (the harness
-refuses the run unless weaker isolation was opted into) and at the end the program's wait status.
+It reports on a status pipe (one ``repr``'d dict a line): the layers that took, those the kernel
+refused (the harness refuses the run unless weaker isolation was opted into) and at the end the
+program's wait status.
 
 Process tree, outermost first:
 
@@ -18,13 +19,12 @@ Process tree, outermost first:
   unprivileged uid (a per-run one when the harness is root, else the caller's, mapped), then ``exec``.
 """
 
-import contextlib
+# Imports are the launcher's start-up cost on every run: no json, enum-based signal, platform.
+import _signal as signal
 import ctypes
-import json
+import marshal
 import os
-import platform
 import resource  # imported now: after pivot_root the launcher's own library may be gone
-import signal
 import sys
 
 CLONE = {
@@ -79,13 +79,13 @@ def _mount(src, dst, fstype, flags: int, data=None) -> None:
 
 
 class Status:
-    """The JSON-lines channel to the harness (closed before the program runs)."""
+    """The channel to the harness, one literal dict a line (closed before the program runs)."""
 
     def __init__(self, fd: int):
         self.fd = fd
 
     def send(self, **msg) -> None:
-        os.write(self.fd, (json.dumps(msg) + "\n").encode())
+        os.write(self.fd, (repr(msg) + "\n").encode())
 
 
 # ---------------------------------------------------------------- launcher
@@ -126,8 +126,10 @@ def _enter_namespaces(spec: dict, layers: list, missing: dict) -> None:
 
 def _stop_init(*_) -> None:
     if _init_pid[0]:
-        with contextlib.suppress(ProcessLookupError):
+        try:  # noqa: SIM105  (contextlib costs the launcher start-up time)
             os.kill(_init_pid[0], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _die_with_parent() -> None:
@@ -190,7 +192,7 @@ def _init(spec: dict, status: Status, layers: list, missing: dict) -> None:
     else:
         missing["root"] = "needs a mount namespace"
     # The session keyring is inherited: the harness's keys would be the program's to read.
-    number = KEYCTL.get(platform.machine())
+    number = KEYCTL.get(os.uname().machine)
     if number is not None and libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
         layers.append("keyring")
     else:
@@ -295,7 +297,7 @@ def _build_root(spec: dict, proc: bool, layers: list) -> str:
 
 def _pivot(root: str) -> None:
     os.chdir(root)
-    number = PIVOT_ROOT.get(platform.machine())
+    number = PIVOT_ROOT.get(os.uname().machine)
     if number is not None and libc.syscall(ctypes.c_long(number), b".", b".") == 0:
         _check(libc.umount2(b".", MNT_DETACH), "detach the host root")
     else:
@@ -351,8 +353,11 @@ def _exec_program(spec: dict, work: str, status: Status) -> None:
         os.setsid()  # a group kill by the program reaches its own processes, never ours
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the program must not
             signal.signal(sig, signal.SIG_DFL)
-        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")  # when memory runs out, the kernel kills the program, never init
+        try:  # when memory runs out, the kernel kills the program, never init
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         _set_limits(spec["limits"])
         _drop_privileges(spec["uid"])
         os.chdir(work)
@@ -365,8 +370,8 @@ def _exec_program(spec: dict, work: str, status: Status) -> None:
 
 def main(spec_path: str) -> None:
     """Read the spec (the tmpfs mounts later hide the host's /tmp) and launch."""
-    with open(spec_path) as f:
-        spec = json.load(f)
+    with open(spec_path, "rb") as f:
+        spec = marshal.load(f)  # noqa: S302  (written by the harness, in a dir only it can write)
     try:
         launch(spec)
     except BaseException as err:  # noqa: BLE001  (reported to the harness, which raises it)

@@ -12,8 +12,8 @@ is; every :class:`RunResult` records the isolation that was in force. See tasks/
 
 from __future__ import annotations
 
-import json
 import logging
+import marshal
 import math
 import os
 import signal
@@ -282,9 +282,9 @@ def _launch(files, argv, stdin: str, limits: Limits, io: str, group, weak: bool)
     os.chmod(io, 0o711)  # noqa: S103  (traverse only: a weak run's uid reaches its work dir)
     status_r, status_w = os.pipe()
     try:
-        spec_path = os.path.join(io, "spec.json")
-        with open(spec_path, "w") as f:
-            json.dump(_spec(files, argv, limits, io, group, weak, status_w), f)
+        spec_path = os.path.join(io, "spec")
+        with open(spec_path, "wb") as f:  # marshal: the launcher reads it without importing json
+            marshal.dump(_spec(files, argv, limits, io, group, weak, status_w), f)
         start = time.monotonic()
         proc = subprocess.Popen(  # noqa: S603  (our launcher, our interpreter)
             [sys.executable, "-I", "-S", os.path.abspath(launcher.__file__), spec_path],
