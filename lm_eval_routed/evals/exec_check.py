@@ -7,7 +7,7 @@ import json
 import sys
 
 from lm_eval_routed.evals.livecodebench import evaluate_code, extract_code, load_problem_file
-from lm_eval_routed.evals.sandbox import Limits
+from lm_eval_routed.evals.sandbox import Limits, SandboxUnavailable
 
 
 def exec_check_main(argv: list[str]) -> int:
@@ -43,6 +43,10 @@ def exec_check_main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"exec-check: {err}", file=sys.stderr)
         return 2
-    verdict = evaluate_code(problem, code, limits=limits, stop_early=args.stop_early)
+    try:
+        verdict = evaluate_code(problem, code, limits=limits, stop_early=args.stop_early)
+    except SandboxUnavailable as err:
+        print(f"exec-check: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(verdict.to_dict(), indent=2))
     return 0 if verdict.passed else 1

@@ -66,6 +66,7 @@ class Status(str, Enum):
     PASSED = "passed"
     WRONG_ANSWER = "wrong_answer"
     TIMEOUT = "timeout"
+    OUTPUT_LIMIT = "output_limit"
     RUNTIME_ERROR = "runtime_error"
     SKIPPED = "skipped"
 
@@ -84,8 +85,8 @@ class TestResult:
     """Outcome of one test, with how its process ended.
 
     ``exit_code`` is the process's exit status (None when a signal ended it); ``signal`` names the
-    signal that ended it, if any. The sandbox's launcher passes a signal death on as status 128+n
-    (as shells do), so a status above 128 also names its signal. A timeout shows the harness's kill.
+    signal that ended it, if any (the sandbox reports a death by signal n as returncode -n, as
+    Popen does, so an ``os._exit(139)`` stays an exit status). A timeout shows the harness's kill.
     """
 
     status: Status
@@ -97,17 +98,19 @@ class TestResult:
 
 @dataclass(frozen=True)
 class Verdict:
-    """All tests of one solution; ``passed`` only if every test passed."""
+    """All tests of one solution; ``passed`` only if every test passed; ``isolation``: the sandbox's."""
 
     passed: bool
     tests: tuple[TestResult, ...]
     error: str = ""
+    isolation: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready form (the exec-check output and what lm-eval logs per sample)."""
         return {
             "passed": self.passed,
             "error": self.error,
+            "isolation": self.isolation,
             "tests": [{**asdict(t), "status": t.status.value} for t in self.tests],
         }
 
@@ -170,7 +173,7 @@ def extract_code(response: str) -> str | None:
 
 def _exit_of(returncode: int) -> tuple[int | None, str | None]:
     """(exit status, signal name) of a finished run; Popen gives -n for a death by signal n."""
-    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    number = -returncode if returncode < 0 else 0
     try:
         name = signal.Signals(number).name if number else None
     except ValueError:
@@ -218,6 +221,8 @@ def _run_test(code: str, test: TestCase, name: str | None, limits: Limits) -> Te
     exit_code, signal_name = _exit_of(res.returncode)
     if res.timed_out or signal_name == "SIGXCPU":  # out of wall time, or of CPU seconds
         status, detail = Status.TIMEOUT, ""
+    elif res.output_limit:
+        status, detail = Status.OUTPUT_LIMIT, ""
     elif res.returncode != 0:
         status, detail = Status.RUNTIME_ERROR, res.stderr.strip()[-500:]
     elif test.testtype == "functional":
@@ -245,7 +250,8 @@ def evaluate_code(
         if stop_early and results[-1].status != Status.PASSED:
             results += [TestResult(Status.SKIPPED, 0.0)] * (len(tests) - len(results))
             break
-    return Verdict(all(r.status == Status.PASSED for r in results), tuple(results))
+    passed = all(r.status == Status.PASSED for r in results)
+    return Verdict(passed, tuple(results), isolation=isolation().label)
 
 
 def default_workers() -> int:

@@ -1,367 +1,367 @@
-"""Run untrusted programs (generated code) in a throw-away, resource-limited process.
+"""Run untrusted programs (generated code) in a throw-away, isolated, resource-limited process tree.
 
-Each run goes through a launcher, this very file run as a script (``python -I -S sandbox.py SPEC``),
-so that the isolation happens after ``exec`` of a fresh interpreter and not in a ``preexec_fn`` (which
-is unsafe with the harness's threads). The launcher, in order:
+The harness side: limits, the filesystem view a run gets, the per-run cgroup, bounded capture of
+stdout and stderr, and the stop that leaves no process of the run behind. The isolation itself
+happens in the launcher, :mod:`lm_eval_routed.evals.isolation`, run as a bare script per run.
 
-1. enters new PID, network and mount namespaces (plus a user namespace when not root; silently skipped
-   where the kernel refuses — :func:`isolation` reports what took, and the harness logs it once);
-2. in the PID namespace forks: the program becomes PID 1, so when it dies the kernel kills every
-   process it left behind (``setsid`` cannot escape), and it gets SIGKILL if the launcher dies;
-3. mounts size-limited tmpfs over ``/tmp``, ``/var/tmp``, ``/dev/shm`` and writes the program's files into
-   a fresh working directory there (disk fills and stray writes land in memory that is freed at exit);
-4. sets rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
-5. when root, drops to a per-run unprivileged uid (RLIMIT_NPROC does not bind root, and an ordinary uid
-   can write nowhere else on the host), then ``exec``\\ s the program with a scrubbed environment.
-
-The harness starts the launcher in its own session and kills the whole process group on timeout.
-stdout and stderr go to files, so a flood of output is cut by the file-size limit, not by our memory.
+Isolation is all or nothing: where the kernel refuses a layer (user, PID, mount, network, IPC, UTS
+or cgroup namespace, the read-only root, the per-run cgroup), :class:`SandboxUnavailable` says what is
+missing and how to allow it, unless ``ROUTED_SANDBOX_ALLOW_WEAK=1`` opts into running with what there
+is; every :class:`RunResult` records the isolation that was in force. See tasks/README.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
+import marshal
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-_NEWNS, _NEWUSER, _NEWPID, _NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
-_PR_SET_PDEATHSIG = 1
-_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108  (world-writable dirs we hide behind tmpfs)
-WORK = "/tmp/work"  # noqa: S108  (inside the private tmpfs; the host's /tmp is never touched)
-
-
-# ---------------------------------------------------------------- launcher (runs as a bare script)
-
-
-def _unshare(libc, flags: int) -> bool:
-    return libc.unshare(flags) == 0
-
-
-def _map_self(uid: int, gid: int) -> None:
-    # A fresh user namespace maps no ids; map our own so files we create have an owner.
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-
-
-def _enter_namespaces(libc) -> list[str]:
-    """Enter what the kernel allows, best first; return the names of what took."""
-    uid, gid = os.getuid(), os.getgid()
-    if os.geteuid() == 0 and _unshare(libc, _NEWPID | _NEWNET | _NEWNS):
-        return ["pid", "net", "mnt"]
-    if _unshare(libc, _NEWUSER | _NEWPID | _NEWNET | _NEWNS):
-        _map_self(uid, gid)
-        return ["user", "pid", "net", "mnt"]
-    if _unshare(libc, _NEWUSER | _NEWNET):
-        _map_self(uid, gid)
-        return ["user", "net"]
-    return []
-
-
-def _become_init(libc) -> None:
-    """Fork into the new PID namespace; the launcher waits and mirrors the program's exit."""
-    pid = os.fork()
-    if pid:
-        # Signals aimed at the launcher (the harness's group kill) must also end the program.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: os._exit(137))
-        _, status = os.waitpid(pid, 0)
-        os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _mount_scratch(libc, size_mb: int) -> bool:
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        return False
-    opts = f"size={size_mb}m,mode=1777".encode()
-    ok = True
-    for path in _SCRATCH:
-        if os.path.isdir(path):
-            ok &= libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) == 0
-    # A fresh /proc shows only this namespace's processes (no host pids to read or signal).
-    libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV, None)
-    return ok
-
-
-def _set_limits(limits: dict) -> None:
-    import resource
-
-    mb = 1024 * 1024
-    pairs = {
-        resource.RLIMIT_CPU: limits["cpu_s"],
-        resource.RLIMIT_AS: limits["memory_mb"] * mb,
-        resource.RLIMIT_FSIZE: limits["file_mb"] * mb,
-        resource.RLIMIT_NOFILE: limits["nofile"],
-        resource.RLIMIT_CORE: 0,
-    }
-    if limits.get("nproc"):
-        pairs[resource.RLIMIT_NPROC] = limits["nproc"]
-    for key, value in pairs.items():
-        resource.setrlimit(key, (value, value))
-
-
-def _launcher_main(spec_path: str) -> None:
-    """Isolate, limit, drop privileges and exec the program described by the spec file."""
-    import ctypes
-
-    with open(spec_path) as f:
-        spec = json.load(f)  # read now: the tmpfs mounts below hide the host's /tmp
-    libc = ctypes.CDLL(None, use_errno=True)
-    got = _enter_namespaces(libc) if spec["isolate"] else []
-    if "pid" in got:
-        _become_init(libc)
-    work = (
-        WORK if "mnt" in got and _mount_scratch(libc, spec["limits"]["file_mb"]) else spec["work"]
-    )
-    os.makedirs(work, exist_ok=True)
-    for name, text in spec["files"].items():
-        with open(os.path.join(work, name), "w") as f:
-            f.write(text)
-    if spec["report"]:
-        print(json.dumps({"isolation": got, "uid": os.getuid()}), file=sys.stderr, flush=True)
-    os.chdir(work)
-    # Limits go on before the drop: `resource` may live where the new uid cannot read.
-    _set_limits(spec["limits"])
-    if os.geteuid() == 0 and spec["uid"]:
-        os.chown(work, spec["uid"], spec["uid"])
-        os.setgroups([])
-        os.setgid(spec["uid"])
-        os.setuid(spec["uid"])
-    argv = [a.replace("{work}", work) for a in spec["argv"]]
-    os.execve(argv[0], argv, spec["env"])  # noqa: S606  (argv is ours: the interpreter + a file)
-
-
-# ---------------------------------------------------------------- harness side
+from lm_eval_routed.config import ConfigError
+from lm_eval_routed.evals import capture, cgroups
+from lm_eval_routed.evals import isolation as launcher
+from lm_eval_routed.evals.rootfs import mount_plan, program_python
 
 logger = logging.getLogger(__name__)
 
+ALLOW_WEAK_ENV = "ROUTED_SANDBOX_ALLOW_WEAK"
+MAX_WALL_S = 86_400.0
+MB = 1024 * 1024
+_LAUNCHER_MB = 48  # the launcher and init count against the run's cgroup too
+_LAUNCHER_TASKS = 2
 _UID_BASE = 200_000
-_uid_lock = threading.Lock()
-_uid_next = [0]
+_UIDS_PER_HARNESS = 50_000
+
+# layer -> (what it is, how to get it); namespaces not listed are "a <name> namespace"
+_LAYERS = {
+    "user": (
+        "a user namespace",
+        "unprivileged user namespaces are off: allow them (sysctl user.max_user_namespaces=15000, "
+        "and where present kernel.unprivileged_userns_clone=1 or "
+        "kernel.apparmor_restrict_unprivileged_userns=0) or run as root",
+    ),
+    "root": ("a read-only root", "tmpfs, bind mounts or pivot_root were refused"),
+    "keyring": ("a fresh session keyring", "keyctl was refused"),
+    "cgroup": ("a per-run cgroup", ""),
+}
+
+
+class SandboxUnavailable(ConfigError):
+    """The kernel refused an isolation layer and weaker isolation was not opted into (one line)."""
+
+
+class SandboxError(RuntimeError):
+    """The launcher failed in a way no program can cause (a bug or a broken host)."""
+
+
+def _whole(limits: Limits, name: str, low: int, high: int) -> None:
+    value = getattr(limits, name)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and float(value).is_integer() and low <= value <= high):
+        raise ValueError(
+            f"sandbox limits: {name} must be a whole number in [{low}, {high}], got {value!r}"
+        )
+    object.__setattr__(limits, name, int(value))  # 2.0 is 2: rlimits take integers
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-run resource limits; ``wall_s`` is the per-test time limit (6 s as in LiveCodeBench)."""
+    """Per-run limits. ``wall_s``: the per-test time limit (6 s as in LiveCodeBench); ``memory_mb``:
+    each process's address space and the whole run's memory (files it writes in memory included);
+    ``file_mb``: one file, and each of the run's ``/tmp`` and ``/dev/shm``; ``output_mb``: stdout and
+    stderr each (more stops the run with ``output_limit``)."""
 
     wall_s: float = 6.0
     memory_mb: int = 1024
     file_mb: int = 64
+    output_mb: int = 8
     nproc: int = 64
     nofile: int = 128
     stderr_tail: int = 2000
 
     def __post_init__(self):
-        if self.wall_s <= 0 or self.memory_mb < 64 or self.file_mb < 1 or self.nproc < 1:
+        if not (
+            isinstance(self.wall_s, (int, float)) and not isinstance(self.wall_s, bool)
+        ) or not (math.isfinite(self.wall_s) and 0 < self.wall_s <= MAX_WALL_S):
             raise ValueError(
-                f"sandbox limits out of range: {self}; need wall_s > 0, memory_mb >= 64, "
-                "file_mb >= 1, nproc >= 1"
+                f"sandbox limits: wall_s must be a finite number of seconds in (0, {MAX_WALL_S:g}], "
+                f"got {self.wall_s!r}"
             )
+        _whole(self, "memory_mb", 64, 1 << 20)
+        _whole(self, "file_mb", 1, 1 << 20)
+        _whole(self, "output_mb", 1, 1 << 12)
+        _whole(self, "nproc", 1, 1 << 15)
+        _whole(self, "nofile", 16, 1 << 20)
+        _whole(self, "stderr_tail", 0, 1 << 24)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Which isolation layers were in force for a run, and which the kernel refused (name -> why)."""
+
+    layers: tuple[str, ...]
+    missing: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def full(self) -> bool:
+        """Every layer took."""
+        return not self.missing
+
+    @property
+    def label(self) -> str:
+        """``full``, or ``weak (missing: ...)`` when weaker isolation was opted into."""
+        return "full" if self.full else f"weak (missing: {', '.join(n for n, _ in self.missing)})"
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What one sandboxed run did: its exit, its output and whether it ran out of time."""
+    """What one sandboxed run did: exit (negative: killed by that signal), output, and why it stopped."""
 
     returncode: int
     stdout: str
     stderr: str
     timed_out: bool
     wall_s: float
+    output_limit: bool = False  # stdout or stderr went over Limits.output_mb: the run was stopped
+    isolation: Isolation = Isolation(())
+    memory_peak_mb: float | None = None  # the whole run's peak, where cgroups report it
+    oom_killed: bool = False  # the kernel killed a process of the run at the memory limit
 
     @property
     def ok(self) -> bool:
-        """Exited 0 within the time limit."""
-        return self.returncode == 0 and not self.timed_out
+        """Exited 0 within the time and output limits."""
+        return self.returncode == 0 and not self.timed_out and not self.output_limit
 
 
-def _world_reachable(path: str) -> bool:
-    # An unprivileged uid needs o+x on every directory above the file, and o+rx on the file.
-    real = os.path.realpath(path)
-    parts = real.split(os.sep)
-    dirs = [os.sep + os.path.join(*parts[1:i]) for i in range(2, len(parts))]
-    try:
-        ok_dirs = all(os.stat(d).st_mode & 0o001 for d in dirs)
-        return ok_dirs and (os.stat(real).st_mode & 0o005) == 0o005
-    except OSError:
-        return False
+# ---------------------------------------------------------------- one run
+
+_uid_lock = threading.Lock()
+_uid_next = [0]
 
 
-@lru_cache(maxsize=1)
-def program_python() -> str:
-    """The interpreter that runs sandboxed programs: ours, or (as root) one the dropped uid can reach."""
-    if os.geteuid() != 0 or _world_reachable(sys.executable):
-        return sys.executable
-    for candidate in (shutil.which("python3"), "/usr/bin/python3", "/usr/local/bin/python3"):
-        if candidate and _world_reachable(candidate) and _works_as_other(candidate):
-            logger.info(
-                "sandbox: programs run with %s (ours is not reachable by other users)", candidate
-            )
-            return candidate
-    raise RuntimeError(
-        f"sandbox: running as root and {sys.executable} is not readable by other users; install "
-        "a python3 under /usr/bin or make the interpreter world-readable"
-    )
-
-
-def _works_as_other(python: str) -> bool:
-    res = run_sandboxed({}, [python, "-c", "import json, math"], limits=Limits(wall_s=10))
-    return res.ok
+def uid_range(pid: int | None = None) -> range:
+    """The per-run uids a harness process (root) gives its programs."""
+    first = _UID_BASE + ((os.getpid() if pid is None else pid) % 1000) * _UIDS_PER_HARNESS
+    return range(first, first + _UIDS_PER_HARNESS)
 
 
 def _next_uid() -> int:
     # Each run gets its own uid so process counts (RLIMIT_NPROC) of parallel runs never mix.
     with _uid_lock:
-        _uid_next[0] = (_uid_next[0] + 1) % 50_000
-        return _UID_BASE + (os.getpid() % 1000) * 50_000 + _uid_next[0]
+        _uid_next[0] = (_uid_next[0] + 1) % _UIDS_PER_HARNESS
+        return uid_range()[_uid_next[0]]
+
+
+@lru_cache(maxsize=1)
+def _root_of_initial_namespace() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
 
 
 def _scrubbed_env() -> dict[str, str]:
     return {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        "HOME": WORK,
-        "TMPDIR": WORK,
+        "HOME": launcher.WORK,
+        "TMPDIR": launcher.WORK,
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONIOENCODING": "utf-8",
+        # one thread per numeric library: runs go in parallel, and threads count against nproc
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
 
 
-def _nproc_limit(limits: Limits) -> int:
-    if os.geteuid() == 0:
-        return limits.nproc  # counted for the fresh uid alone
-    # Unprivileged: the count is per user, so leave room for the processes the user already has.
-    mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and _owned(p))
-    return mine + limits.nproc
+def allow_weak() -> bool:
+    """Whether ``ROUTED_SANDBOX_ALLOW_WEAK=1`` opts into running with layers the kernel refused."""
+    value = os.environ.get(ALLOW_WEAK_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ConfigError(
+            f"{ALLOW_WEAK_ENV} must be 1 (run with weaker isolation) or unset, got {value!r}"
+        )
+    return value == "1"
 
 
-def _owned(pid: str) -> bool:
+def _refusal(missing: dict[str, str]) -> SandboxUnavailable:
+    parts = []
+    for name, why in missing.items():
+        what, how = _LAYERS.get(
+            name, (f"a {name} namespace", "the kernel or a container's seccomp policy refuses it")
+        )
+        parts.append(f"{what} ({why}{': ' + how if how else ''})")
+    return SandboxUnavailable(
+        "sandbox: refusing to run untrusted code without "
+        + "; ".join(parts)
+        + f"; set {ALLOW_WEAK_ENV}=1 to run it with weaker isolation (recorded in every result)"
+    )
+
+
+def run_sandboxed(
+    files: dict[str, str], argv: list[str], stdin: str = "", limits: Limits | None = None
+) -> RunResult:
+    """Write ``files`` into a fresh working dir and run ``argv`` there under the sandbox.
+
+    ``{work}`` in ``argv`` is replaced by the working directory's path inside the sandbox. Raises
+    :class:`SandboxUnavailable` where isolation is incomplete and weaker isolation was not opted into.
+    """
+    bad = [n for n in files if os.path.basename(n) != n or n in ("", ".", "..")]
+    if bad:
+        raise ValueError(f"sandbox: file names must be plain names in the working dir, got {bad}")
+    isolation()
+    return _run(files, argv, stdin, limits or Limits())
+
+
+def _run(files: dict[str, str], argv: list[str], stdin: str, limits: Limits) -> RunResult:
+    weak = allow_weak()
+    missing: dict[str, str] = {}
+    group = None
     try:
-        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
-    except OSError:
-        return False
+        group = cgroups.RunGroup(
+            cgroups.setup(), (limits.memory_mb + _LAUNCHER_MB) * MB, limits.nproc + _LAUNCHER_TASKS
+        )
+    except (cgroups.CgroupUnavailable, OSError) as err:
+        missing["cgroup"] = str(err)
+        if not weak:
+            raise _refusal(missing) from None
+    try:
+        with tempfile.TemporaryDirectory(prefix="routed-sbx-") as io:
+            result = _launch(files, argv, stdin, limits, io, group, weak)
+    finally:
+        if group is not None:
+            group.kill()
+            group.remove()
+    if missing:
+        layers, refused = result.isolation.layers, dict(result.isolation.missing)
+        result = replace(result, isolation=Isolation(layers, tuple({**missing, **refused}.items())))
+    return result
 
 
-def _spec(files: dict[str, str], argv: list[str], limits: Limits, io: str, report: bool) -> dict:
+def _spec(files, argv, limits: Limits, io: str, group, weak: bool, status_fd: int) -> dict:
+    root = _root_of_initial_namespace()
     return {
         "files": files,
         "argv": argv,
-        "work": os.path.join(io, "work"),
-        "uid": _next_uid() if os.geteuid() == 0 else 0,
-        "isolate": True,
-        "report": report,
         "env": _scrubbed_env(),
+        "work": os.path.join(io, "work"),
+        "root": os.path.join(io, "root"),
+        "mounts": list(mount_plan(argv[0])) if os.path.isabs(argv[0]) else [],
+        "uid": _next_uid() if root else None,
+        "allow_weak": weak,
+        "status_fd": status_fd,
+        "harness_pid": os.getpid(),
+        "cgroup_procs": group.procs_files if group is not None else [],
         "limits": {
             "cpu_s": math.ceil(limits.wall_s) + 1,
             "memory_mb": limits.memory_mb,
             "file_mb": limits.file_mb,
             "nofile": limits.nofile,
-            "nproc": _nproc_limit(limits),
+            # a per-run uid counts alone; in a user namespace so do the launcher and init
+            "nproc": limits.nproc + (0 if root else _LAUNCHER_TASKS),
         },
     }
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _tail(path: str, limit: int) -> str:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        f.seek(max(0, size - limit))
-        return f.read().decode("utf-8", "replace")
-
-
-def run_sandboxed(
-    files: dict[str, str],
-    argv: list[str],
-    stdin: str = "",
-    limits: Limits | None = None,
-    report: bool = False,
-) -> RunResult:
-    """Write ``files`` into a fresh working dir and run ``argv`` there under the sandbox.
-
-    ``{work}`` in ``argv`` is replaced by the working directory's path inside the sandbox.
-    """
-    limits = limits or Limits()
-    with tempfile.TemporaryDirectory(prefix="routed-sbx-") as io:
-        spec_path = os.path.join(io, "spec.json")
-        with open(spec_path, "w") as f:
-            json.dump(_spec(files, argv, limits, io, report), f)
-        os.makedirs(os.path.join(io, "work"))
-        os.chmod(io, 0o711)  # noqa: S103  (traverse only: the dropped uid reaches the fallback work dir)
-        out_path, err_path = os.path.join(io, "stdout"), os.path.join(io, "stderr")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), spec_path]
-            result = _wait(cmd, stdin, out, err, limits)
-        # stdout is bounded by RLIMIT_FSIZE, so reading it whole is safe
-        with open(out_path, "rb") as f:
-            stdout = f.read().decode("utf-8", "replace")
-        return RunResult(
-            returncode=result[0],
-            stdout=stdout,
-            stderr=_tail(err_path, limits.stderr_tail),
-            timed_out=result[1],
-            wall_s=result[2],
-        )
-
-
-def _wait(cmd, stdin: str, out, err, limits: Limits) -> tuple[int, bool, float]:
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=out,
-        stderr=err,
-        start_new_session=True,  # its own process group, so the timeout kill reaches everything
-        env=_scrubbed_env(),
-        close_fds=True,
-    )
-    timed_out = False
+def _launch(files, argv, stdin: str, limits: Limits, io: str, group, weak: bool) -> RunResult:
+    os.makedirs(os.path.join(io, "root"))
+    os.makedirs(os.path.join(io, "work"))
+    os.chmod(io, 0o711)  # noqa: S103  (traverse only: a weak run's uid reaches its work dir)
+    status_r, status_w = os.pipe()
     try:
-        proc.communicate(stdin.encode(), timeout=limits.wall_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    except BrokenPipeError:
-        pass  # the program exited without reading its input
+        spec_path = os.path.join(io, "spec")
+        with open(spec_path, "wb") as f:  # marshal: the launcher reads it without importing json
+            marshal.dump(_spec(files, argv, limits, io, group, weak, status_w), f)
+        start = time.monotonic()
+        proc = subprocess.Popen(  # noqa: S603  (our launcher, our interpreter)
+            [sys.executable, "-I", "-S", os.path.abspath(launcher.__file__), spec_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(status_w,),
+            start_new_session=True,
+            env=_scrubbed_env(),
+        )
+        os.close(status_w)
+        status_w = -1
+        try:
+            cap = capture.pump(
+                proc,
+                stdin.encode(),
+                start + limits.wall_s,
+                limits.output_mb * MB,
+                max(4 * limits.stderr_tail, 4096),  # bytes enough for the tail in characters
+            )
+        finally:
+            capture.stop(proc, group)
+        wall = time.monotonic() - start
+        report = capture.read_status(status_r)
     finally:
-        _kill_group(proc)  # on timeout, and to reap anything left in the group after an exit
-        proc.wait()
-    return proc.returncode, timed_out, time.monotonic() - start
+        os.close(status_r)
+        if status_w >= 0:
+            os.close(status_w)
+    if "error" in report:
+        raise SandboxError(f"sandbox: the launcher failed: {report['error']}")
+    if report.get("refused"):
+        raise _refusal(report["missing"])
+    iso = Isolation(tuple(report.get("layers", ())), tuple(report.get("missing", {}).items()))
+    if "status" in report and not (cap.timed_out or cap.output_limit):
+        st = report["status"]
+        code = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
+    else:
+        code = -signal.SIGKILL  # stopped by us, or by the kernel's OOM killer
+    peak = group.memory_peak() if group is not None else None
+    return RunResult(
+        returncode=code,
+        stdout=cap.stdout.decode("utf-8", "replace"),
+        stderr=cap.stderr[-limits.stderr_tail :].decode("utf-8", "replace")
+        if limits.stderr_tail
+        else "",
+        timed_out=cap.timed_out,
+        wall_s=wall,
+        output_limit=cap.output_limit,
+        isolation=iso,
+        memory_peak_mb=None if peak is None else peak / MB,
+        oom_killed=group.oom_killed() if group is not None else False,
+    )
 
 
-@lru_cache(maxsize=1)
-def isolation() -> tuple[str, ...]:
-    """Which namespaces the launcher manages to enter here (``pid``, ``net``, ``mnt``, ``user``)."""
-    res = run_sandboxed({}, [program_python(), "-c", "pass"], report=True)
-    try:
-        got = tuple(json.loads(res.stderr.splitlines()[0])["isolation"])
-    except (IndexError, ValueError, KeyError):
-        got = ()
-    missing = {"pid", "net", "mnt"} - set(got)
-    if missing:
-        logger.warning(
-            "sandbox: the kernel refused %s namespaces; programs run with rlimits only for those "
-            "(see lm_eval_routed/evals/sandbox.py)",
-            ", ".join(sorted(missing)),
+# ---------------------------------------------------------------- the probe
+
+_warned: set[str] = set()
+
+
+@lru_cache(maxsize=2)
+def _probe(weak: bool) -> Isolation:
+    res = _run({}, [program_python(), "-c", "import json, math"], "", Limits(wall_s=30))
+    if not res.ok:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SandboxUnavailable(
+            f"sandbox: {program_python()} does not start inside the sandbox ({last}); its "
+            "installation must be readable by other users"
         )
-    return got
+    return res.isolation
 
 
-if __name__ == "__main__":
-    _launcher_main(sys.argv[1])
-    sys.exit(127)
+def isolation() -> Isolation:
+    """The isolation runs get here (probed once); raises :class:`SandboxUnavailable` if refused."""
+    iso = _probe(allow_weak())
+    if not iso.full and iso.label not in _warned:
+        _warned.add(iso.label)
+        logger.warning(
+            "sandbox: running untrusted code with %s isolation (%s=1)", iso.label, ALLOW_WEAK_ENV
+        )
+    return iso
