@@ -200,3 +200,26 @@ def parse_arg_string(text: str) -> dict[str, str]:
         key, value = part.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+# Settings that change how fast a run goes, not what it writes: a resumed run may differ in them, and
+# they do not name a run.
+RUN_ONLY_KEYS = frozenset(
+    {
+        "batch_size",
+        "llm_min_batch",
+        "guess_ahead",
+        "llm_lookahead",
+        "prepack",
+        "device",
+        "accounting_path",
+    }
+)
+
+
+def given_keys(args: dict[str, Any]) -> set[str]:
+    """The keys a user set: those of ``args`` and of the config file or preset ``config=`` names."""
+    keys = set(args) - {"config"}
+    if args.get("config"):
+        keys |= set(_read_yaml(str(args["config"])))
+    return keys

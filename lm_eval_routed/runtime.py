@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,12 @@ from tqdm import tqdm
 
 from lm_eval_routed.accounting import CostModel, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
-from lm_eval_routed.core.cpu_linear import is_prepacked, prepack_linears, unpack_linears
+from lm_eval_routed.core.cpu_linear import (
+    PackedLinear,
+    is_prepacked,
+    prepack_linears,
+    unpack_linears,
+)
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import checked_engine, unsupported
@@ -103,8 +110,33 @@ class RoutedRuntime:
     ) -> list[tuple[float, bool]]:
         """(sum of log p, all greedy) of the last ``n_conts[i]`` tokens of each token window, under
         the LLM alone. Windows go longest first, ``batch_size`` at a time, packed into one forward
-        each (no padding), and only the continuation's positions get logits."""
-        engine, step = self.decoder.llm, self.cfg.batch_size
+        each (no padding), and only the continuation's positions get logits. Scores come from
+        torch's default kernels even where decoding runs on prepacked ones (``_scoring``)."""
+        with self._scoring() as engine:
+            return self._score(engine, windows, n_conts, quiet)
+
+    @contextmanager
+    def _scoring(self) -> Iterator[HFEngine]:
+        """The engine scoring runs on. Prepacked oneDNN kernels round differently from torch's
+        default ones, so over prepacked weights scores come from Hugging Face's forward with the
+        linear layers on their own weights for the while, as plain ``transformers`` and lm-eval's
+        ``hf`` compute them; the packed copies stay for decoding."""
+        packed = [m for m in self.llm.modules() if isinstance(m, PackedLinear)]
+        if not packed:
+            yield self.decoder.llm
+            return
+        for module in packed:
+            module.__class__ = torch.nn.Linear
+        try:
+            yield HFEngine(self.llm, self.decoder.llm.vocab_size)
+        finally:
+            for module in packed:
+                module.__class__ = PackedLinear
+
+    def _score(
+        self, engine: HFEngine, windows: list[list[int]], n_conts: list[int], quiet: bool
+    ) -> list[tuple[float, bool]]:
+        step = self.cfg.batch_size
         todo = sorted(
             (i for i in range(len(windows)) if n_conts[i]), key=lambda i: -len(windows[i])
         )

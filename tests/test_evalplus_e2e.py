@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -190,3 +191,37 @@ def test_other_backends_still_dispatch_to_evalplus():
     assert provider.make_model(model="x", backend="no-such-backend", dataset="humaneval") is None
     assert provider.make_model.__wrapped__.__module__ == "evalplus.provider"
     assert evalplus.codegen.codegen.__wrapped__.__module__ == "evalplus.codegen"
+
+
+def test_changed_settings_are_refused_before_any_model_loads(offline, tmp_path, monkeypatch):
+    import evalplus.codegen
+
+    from lm_eval_routed.adapters import evalplus_backend
+
+    run = functools.partial(
+        evalplus.codegen.run_codegen,
+        model=str(offline / "pair.yaml"),
+        backend="routed",
+        dataset="humaneval",
+        root=str(tmp_path),
+        greedy=True,
+    )
+    target = Path(run())  # a first run writes samples and the settings they were made under
+    assert len(target.read_text().splitlines()) == 2
+
+    class Loaded(Exception):
+        pass
+
+    def load(cfg):
+        raise Loaded
+
+    monkeypatch.setattr(evalplus_backend, "build_runtime", load)
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "p=0.25")
+    with pytest.raises(SystemExit, match="other settings \\(p\\)"):
+        run()
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "batch_size=3")  # how fast, not what: goes on to load
+    with pytest.raises(Loaded):
+        run()
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "p=0.25")
+    with pytest.raises(SystemExit, match="other settings \\(p\\)"):
+        run(resume=False)  # EvalPlus appends to the file all the same

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
+from lm_eval_routed.accounting import bare
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import load_config
 from lm_eval_routed.runtime import build_runtime
@@ -85,17 +86,20 @@ def test_generate_until_respects_until_and_keys_repeats(lm):
     assert [k["repeat"] for k in keys] == [0, 1] and {k["doc_id"] for k in keys} == {3}
 
 
-def test_a_later_evaluation_replaces_a_tasks_records(lm, monkeypatch):
-    from lm_eval_routed.adapters import lm_eval_model
-
-    monkeypatch.setattr(lm_eval_model, "RECORDS", {})
+def test_each_evaluation_attaches_its_own_records(lm):
     req = inst("generate_until", ("Q: 2+2\nA:", {"until": ["\n"], "max_gen_toks": 4}), doc_id=3)
+    sample = {"doc_id": 3, "prompt_hash": None}
+    lm.begin_routed_evaluation()
     lm.generate_until([req, req], disable_tqdm=True)
-    first = lm_eval_model.RECORDS["t"][3]
+    first = {"samples": {"t": [dict(sample)]}}
+    lm.finish_routed_evaluation(first)
+    lm.begin_routed_evaluation()
     lm.generate_until([req], disable_tqdm=True)  # a second run in the same process
-    assert len(first) == 2 and lm_eval_model.RECORDS["t"][3] == [lm.records[-1]]
-    logged = lm_eval_model._records_of("t", [{"doc_id": 3, "prompt_hash": None}])
-    assert logged == [[lm.records[-1]]]  # the sample log gets this run's record, not three
+    second = {"samples": {"t": [dict(sample)]}}
+    lm.finish_routed_evaluation(second)
+    assert len(first["samples"]["t"][0]["routed"]) == 2
+    (only,) = second["samples"]["t"][0]["routed"]  # this run's record, not three
+    assert only == bare(lm.records[-1]) and only["cached"] is False
 
 
 def test_empty_context_is_scored_after_bos_as_hf_does(pair, tokenizer):
@@ -112,22 +116,20 @@ def test_empty_context_is_scored_after_bos_as_hf_does(pair, tokenizer):
     assert lm.runtime.encode("", 4) == [tok.bos_token_id]  # generation starts from the same token
 
 
-def test_sample_log_join_follows_lm_evals_doc_ids(monkeypatch):
+def test_sample_log_join_follows_lm_evals_doc_ids():
     """Requests carry a doc's position among the evaluated docs; lm-eval logs its dataset index,
     which differs under ``--samples``. Each logged sample must still get its own doc's records."""
-    from lm_eval_routed.adapters import lm_eval_model
+    from lm_eval_routed.adapters import lm_eval_records
 
-    def doc(position: int, prompt: str) -> list[dict]:
-        return [
-            {"tokens": position, "key": {"task": "t", "doc_id": position, "prompt_hash": prompt}}
-        ]
-
-    records = {"t": {i: doc(i, p) for i, p in enumerate(["hA", "hB", "hA"])}}
-    monkeypatch.setattr(lm_eval_model, "RECORDS", records)
+    records = [
+        {"tokens": i, "key": {"task": "t", "doc_id": i, "prompt_hash": p}}
+        for i, p in enumerate(["hA", "hB", "hA"])
+    ]
 
     def tokens(logged: list[tuple[int, str]]) -> list[list[int]]:
         samples = [{"doc_id": d, "prompt_hash": p} for d, p in logged]
-        return [[r["tokens"] for r in recs] for recs in lm_eval_model._records_of("t", samples)]
+        lm_eval_records.attach({"t": samples}, records)
+        return [[r["tokens"] for r in s["routed"]] for s in samples]
 
     assert tokens([(0, "hA"), (1, "hB"), (2, "hA")]) == [[0], [1], [2]]  # no remapping
     assert tokens([(4, "hA"), (7, "hB"), (9, "hA")]) == [[0], [1], [2]]  # --samples 4 7 9

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 from collections import Counter
@@ -25,20 +26,15 @@ import jsonlines
 from evalplus.provider.base import DecoderBase
 from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make_raw_chat_prompt
 
-from lm_eval_routed.config import ConfigError, load_config, parse_arg_string
+from lm_eval_routed.config import (
+    RUN_ONLY_KEYS,
+    ConfigError,
+    RoutedConfig,
+    load_config,
+    parse_arg_string,
+)
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import build_runtime, sample_seed
-
-# settings that change how fast a run goes, not what it writes: a resumed run may differ in them
-_RUN_ONLY = {
-    "batch_size",
-    "llm_min_batch",
-    "guess_ahead",
-    "llm_lookahead",
-    "prepack",
-    "device",
-    "accounting_path",
-}
 
 
 class RoutedDecoder(DecoderBase):
@@ -55,8 +51,7 @@ class RoutedDecoder(DecoderBase):
         response_prefix: str | None = None,
         **_: Any,
     ) -> None:
-        overrides = parse_arg_string(os.environ.get("ROUTED_MODEL_ARGS", ""))
-        cfg = load_config({"config": name, "batch_size": batch_size, **overrides})
+        cfg = _config(name, batch_size=batch_size)
         self.runtime = build_runtime(cfg)
         super().__init__(
             name=name,
@@ -123,6 +118,17 @@ class RoutedDecoder(DecoderBase):
         return [r.text for r in results]
 
 
+def _config(name: str, **keys: Any) -> RoutedConfig:
+    """The config ``--model`` names, with ``ROUTED_MODEL_ARGS``' overrides."""
+    overrides = parse_arg_string(os.environ.get("ROUTED_MODEL_ARGS", ""))
+    return load_config({"config": name, **keys, **overrides})
+
+
+def _as_json(cfg: RoutedConfig) -> dict[str, Any]:
+    """``cfg`` as the run info file records it."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
 def _without_key(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "key"}
 
@@ -152,14 +158,14 @@ def _existing_samples(target_path: str) -> Counter[str]:
     return counts
 
 
-def _check_resume(info_path: Path, cfg: dict[str, Any], resumed: bool) -> None:
+def _check_resume(info_path: Path, cfg: dict[str, Any], samples_there: bool) -> None:
     """EvalPlus names its files from --model only: refuse to mix samples of two different configs."""
-    if not resumed or not info_path.is_file():
+    if not samples_there or not info_path.is_file():
         return
     before = json.loads(info_path.read_text()).get("config")
     if before is None:  # written before the config was recorded: nothing to compare with
         return
-    changed = sorted(k for k in cfg if k not in _RUN_ONLY and before.get(k) != cfg[k])
+    changed = sorted(k for k in cfg if k not in RUN_ONLY_KEYS and before.get(k) != cfg[k])
     if changed:
         raise SystemExit(
             f"evalplus --backend routed: {info_path.name} was written with other settings "
@@ -190,11 +196,12 @@ def wrap_codegen(original):
         if isinstance(model, RoutedDecoder):
             base = target_path.removesuffix(".jsonl")
             info_path = Path(f"{base}.routed_info.json")
-            cfg = json.loads(json.dumps(dataclasses.asdict(model.runtime.cfg), default=str))
+            cfg = _as_json(model.runtime.cfg)
             # EvalPlus continues a task's sample count only when resuming; so do indices and seeds
             resume = kwargs.get("resume", True)
             model.index = _existing_samples(target_path) if resume else Counter()
-            _check_resume(info_path, cfg, resumed=bool(model.index))
+            # without resuming EvalPlus still appends to the file: samples there count either way
+            _check_resume(info_path, cfg, bool(_existing_samples(target_path)))
             info_path.parent.mkdir(parents=True, exist_ok=True)
             info_path.write_text(
                 json.dumps({**model.runtime.info(), "config": cfg}, indent=2, default=str)
@@ -206,3 +213,38 @@ def wrap_codegen(original):
         return original(target_path, model, *args, **kwargs)
 
     return codegen
+
+
+def wrap_run_codegen(original):
+    """``run_codegen`` that, for ``backend="routed"``, refuses to add to samples written under other
+    settings before any model loads (``codegen``'s wrapper checks again, with the path in hand)."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def run_codegen(*args: Any, **kwargs: Any):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        given = call.arguments
+        if given["backend"] == "routed":
+            try:
+                cfg = _as_json(_config(given["model"]))
+            except ConfigError as err:
+                raise SystemExit(f"evalplus --backend routed: {err}") from None
+            target = _target_path(given)
+            base = target.removesuffix(".jsonl")
+            _check_resume(Path(f"{base}.routed_info.json"), cfg, bool(_existing_samples(target)))
+        return original(*args, **kwargs)
+
+    return run_codegen
+
+
+def _target_path(given: dict[str, Any]) -> str:
+    """Where EvalPlus's ``run_codegen`` writes its samples for these arguments (as it names them)."""
+    temperature = given["temperature"]
+    if given["greedy"] and (temperature != 0 or given["bs"] != 1 or given["n_samples"] != 1):
+        temperature = 0.0
+    name = given["model"].strip("./").replace("/", "--") + f"_{given['backend']}_temp_{temperature}"
+    if given["evalperf_type"]:
+        name += f"-{given['evalperf_type']}"
+    target = os.path.join(given["root"], given["dataset"], name)
+    return target + ".jsonl" if given["jsonl_fmt"] else target

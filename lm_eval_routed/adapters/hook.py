@@ -9,7 +9,10 @@ import sys
 
 # module name -> "lm_eval_routed.module:function" run with the freshly executed module
 _AFTER_IMPORT = {
+    "lm_eval.utils": "lm_eval_routed.adapters.plugin:follow_lm_eval_logging",
+    "lm_eval.api.model": "lm_eval_routed.adapters.plugin:patch_caching",
     "lm_eval.api.registry": "lm_eval_routed.adapters.plugin:register_lm_eval",
+    "lm_eval.evaluator": "lm_eval_routed.adapters.plugin:patch_evaluator",
     "lm_eval.tasks.manager": "lm_eval_routed.adapters.plugin:add_task_path",
     "lm_eval.loggers.evaluation_tracker": "lm_eval_routed.adapters.plugin:patch_sample_logging",
     "evalplus.provider": "lm_eval_routed.adapters.plugin:register_evalplus",

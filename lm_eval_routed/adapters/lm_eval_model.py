@@ -2,18 +2,20 @@
 
 Generation goes through the shared ``RoutedRuntime``; log-likelihood requests are scored by the LLM
 alone through the same runtime (``RoutedRuntime.score``, and their accounting says so), an empty
-context after BOS as lm-eval's ``hf`` scores it. Each
-sample's accounting record is kept in ``RECORDS`` (the latest evaluation of each task) until lm-eval
-writes its sample log, where ``attach_records`` adds it under the key ``"routed"`` and writes
-the project's own JSONL beside it.
+context after BOS as lm-eval's ``hf`` scores it. Each computed request gets an accounting record
+(padding copies under data parallelism get none: ``lm_eval_records.plan``); when an evaluation ends,
+the start-up hook's wrapper around lm-eval's ``evaluate`` gathers them from every rank and attaches
+each sample's under ``"routed"`` (``finish_routed_evaluation``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +24,20 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import (
     get_rolling_token_windows,
-    hash_string,
     make_disjoint_window,
     simple_parse_args_string,
 )
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import SampleTally, bare, records_by_sample
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.accounting import SampleTally
+from lm_eval_routed.adapters import lm_eval_records as recs
+from lm_eval_routed.adapters import plugin
+from lm_eval_routed.config import RUN_ONLY_KEYS, ConfigError, given_keys, load_config
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
 
 log = logging.getLogger(__name__)
 
-# task -> doc_id -> accounting dicts in request order, from the latest call that served the task;
-# read when lm-eval saves its samples. A later evaluation of a task replaces its records, so a
-# process that evaluates a task twice logs each run's own and holds one run's worth at most.
-RECORDS: dict[str | None, dict[int | None, list[dict[str, Any]]]] = {}
 _GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
 
 
@@ -83,13 +82,19 @@ class RoutedLM(TemplateLM):
         runtime = model_args.pop("runtime", None)
         try:
             self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
+            # lm-eval's --seed rules unless the user set `seed` (model_args or the config file);
+            # a runtime handed in keeps its config's
+            self.own_seed = runtime is not None or "seed" in given_keys(model_args)
             self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
         except ConfigError as err:
             _cli_error(err)
         self.tokenizer = self.runtime.tokenizer
         self.backend = "causal"
         self.records: list[dict[str, Any]] = []  # every accounting record this model produced
-        self._pending: list[dict[str, Any]] = []  # produced since the last _share()
+        self._evaluation: list[dict[str, Any]] = []  # this evaluation's, gathered when it ends
+        self._live: set[tuple] = set()  # (task, doc, idx) this model computed in the latest call
+        self._uncached = 0  # this evaluation's responses from lm-eval's cache without records
+        self._warned: set[str] = set()  # things said once per model
         self._accounting = Path(self.cfg.accounting_path) if self.cfg.accounting_path else None
 
     @classmethod
@@ -140,6 +145,22 @@ class RoutedLM(TemplateLM):
     def tokenizer_name(self) -> str:
         return self.cfg.llm.replace("/", "__")
 
+    @property
+    def run_name(self) -> str:
+        """lm-eval's name for this run (its output folder): the configuration's label and a digest
+        of every setting that changes what the run writes, so two configurations never share one."""
+        settings = dataclasses.asdict(self.cfg)
+        kept = {k: v for k, v in settings.items() if k not in RUN_ONLY_KEYS}
+        digest = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode())
+        return f"routed__{'_'.join(self.cfg.label.split())}__{digest.hexdigest()[:8]}"
+
+    @property
+    def seed(self) -> int:
+        """What per-sample seeds derive from: ``seed`` when the user set it, else lm-eval's torch
+        seed (``--seed``'s third value), else the config's default."""
+        theirs = None if self.own_seed else plugin.lm_eval_seed()
+        return self.cfg.seed if theirs is None else theirs
+
     def tok_encode(
         self, string: str, add_special_tokens: bool | None = None, **kwargs
     ) -> list[int]:
@@ -173,35 +194,74 @@ class RoutedLM(TemplateLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """Run-level info merged into lm-eval's results JSON."""
-        return self.runtime.info()
+        info = self.runtime.info()
+        info["routed"].update(seed=self.seed, seed_from="config" if self.own_seed else "lm_eval")
+        return info
+
+    # -- an evaluation's records (called by the start-up hook's wrapper around lm-eval's evaluate) --
+
+    def begin_routed_evaluation(self) -> None:
+        """Start collecting the records of one lm-eval evaluation."""
+        self._evaluation, self._live, self._uncached = [], set(), 0
+
+    def finish_routed_evaluation(self, results: dict[str, Any] | None) -> None:
+        """Gather the evaluation's records from every rank; attach each sample's (rank 0 holds them)."""
+        mine, self._evaluation = self._evaluation, []
+        everyone = [r for part in self.gather_object(mine) for r in part] if self._padded else mine
+        if results is not None and "samples" in results:
+            recs.attach(results["samples"], everyone)
+        if self._uncached:
+            log.warning(
+                "%d responses came from lm-eval's cache without their accounting records, so their "
+                "samples carry none; delete the cache (--use_cache path) to compute them again",
+                self._uncached,
+            )
+
+    def restore_cached(self, attr: str, requests: list) -> None:
+        """Records of the requests lm-eval's ``--use_cache`` answered without this model."""
+        cache = self.cache_hook.dbdict
+        if cache is None:
+            return
+        live, self._live = self._live, set()
+        slots = recs.plan(requests, self._padded)
+        found, missing = recs.cached_records(cache, attr, requests, slots, live)
+        for record in found:
+            self._keep(record)
+        self._uncached += missing
+
+    @property
+    def _padded(self) -> bool:
+        """Whether lm-eval may pad this rank's requests (data parallelism)."""
+        return self.world_size > 1
 
     # -- generation ----------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Generate each request with the routed decoder; records its accounting per sample."""
-        repeat_of: dict[tuple, int] = defaultdict(int)
-        gen_requests = []
-        for inst in requests:
-            context, kwargs = inst.args
-            key = _key(inst, repeat_of, context)
-            gen_requests.append(self._gen_request(context, dict(kwargs), key))
-        bar = tqdm(total=len(requests), desc="routed generate", disable=disable_tqdm or self.rank)
+        slots = recs.plan(requests, self._padded)
+        todo = [i for i, slot in enumerate(slots) if slot.genuine]
+        gen_requests = [self._gen_request(requests[i].args, slots[i].key) for i in todo]
+        bar = tqdm(total=len(todo), desc="routed generate", disable=disable_tqdm or self.rank)
+        made: dict[int, dict[str, Any]] = {}
 
-        def done(_: int, result) -> None:
+        def done(index: int, result) -> None:
             bar.update(1)
-            self._keep(result.record.to_dict())
+            made[index] = self._fresh(result.record.to_dict())
 
         results = self.runtime.generate(gen_requests, on_done=done)
         bar.close()
-        self._share()
-        for inst, result in zip(requests, results):
-            self.cache_hook.add_partial("generate_until", inst.args, result.text)
-        return [r.text for r in results]
+        text = dict(zip(todo, (r.text for r in results)))
+        self._computed("generate_until", requests, slots, [made[j] for j in range(len(todo))])
+        for i in todo:
+            self.cache_hook.add_partial("generate_until", requests[i].args, text[i])
+        return [text[slot.source] for slot in slots]
 
-    def _gen_request(self, context: str, kwargs: dict[str, Any], key: dict) -> GenRequest:
-        unknown = set(kwargs) - _GEN_KEYS
+    def _gen_request(self, args: tuple, key: dict) -> GenRequest:
+        context, kwargs = args
+        unknown = sorted(set(kwargs) - _GEN_KEYS - self._warned)
         if unknown:
-            log.warning("routed ignores generation kwargs %s", sorted(unknown))
+            self._warned.update(unknown)
+            log.warning("routed ignores generation kwargs %s", unknown)
         until = kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(kwargs.get("max_gen_toks", self.cfg.max_gen_toks))
@@ -214,41 +274,44 @@ class RoutedLM(TemplateLM):
             do_sample=do_sample,
             temperature=temperature or 1.0,
             top_p=float(kwargs.get("top_p", 1.0) or 1.0),
-            seed=sample_seed(self.cfg.seed, key["prompt_hash"], key["repeat"]),
+            seed=sample_seed(self.seed, key["prompt_hash"], key["repeat"]),
             key=key,
         )
 
+    def _computed(self, attr: str, requests: list, slots: list, records: list[dict]) -> None:
+        """Keep the records of the genuine requests (in slot order) this model just computed."""
+        self._live = {(r["key"]["task"], r["key"]["doc_id"], r["key"]["idx"]) for r in records}
+        for record in records:
+            self._keep(record)
+        if self.cache_hook.dbdict is not None:
+            recs.store_cached(self.cache_hook.dbdict, attr, requests, slots, records)
+
     def _keep(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        self._pending.append(record)
-        if self._accounting is not None:  # appended as produced: an interrupted run keeps its rows
+        self._evaluation.append(record)
+
+    def _fresh(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A record this model just computed (not from lm-eval's cache), appended to
+        ``accounting_path`` as produced, so an interrupted run keeps its rows."""
+        record["cached"] = False
+        if self._accounting is not None:
             self._accounting.parent.mkdir(parents=True, exist_ok=True)
             with jsonlines.open(self._accounting, mode="a") as out:
-                out.write(_flat(record))
-
-    def _share(self) -> None:
-        """Publish new records for the sample log; under data parallelism every rank gets all of them."""
-        mine, self._pending = self._pending, []
-        everyone = (
-            [r for part in self.gather_object(mine) for r in part] if self.accelerator else mine
-        )
-        fresh: dict[str | None, dict[int | None, list[dict[str, Any]]]] = {}
-        for record in everyone:
-            docs = fresh.setdefault(record["key"].get("task"), {})
-            docs.setdefault(record["key"].get("doc_id"), []).append(record)
-        RECORDS.update(fresh)  # lm-eval serves each task's requests of a run in one call
+                out.write(recs.flat(record))
+        return record
 
     # -- log-likelihood: the LLM scores, the accounting says so ---------------------------------
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Score continuations with the LLM; one accounting record per request."""
+        slots = recs.plan(requests, self._padded)
+        todo = [i for i, slot in enumerate(slots) if slot.genuine]
         self._ll_tokens: list[int] = []
-        out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        repeat_of: dict[tuple, int] = defaultdict(int)
-        for inst, n in zip(requests, self._ll_tokens):
-            self._keep_scored(_key(inst, repeat_of, inst.args[0]), n)
-        self._share()
-        return out
+        out = super().loglikelihood([requests[i] for i in todo], disable_tqdm=disable_tqdm)
+        scored = [self._scored(slots[i].key, n) for i, n in zip(todo, self._ll_tokens)]
+        self._computed("loglikelihood", requests, slots, scored)
+        answer = dict(zip(todo, out))
+        return [answer[slot.source] for slot in slots]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         windows = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in requests]
@@ -257,33 +320,37 @@ class RoutedLM(TemplateLM):
         return self.runtime.score(windows, n_conts, quiet=disable_tqdm or bool(self.rank))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """Rolling-window log-likelihood of whole texts under the LLM."""
-        totals = []
-        repeat_of: dict[tuple, int] = defaultdict(int)
-        for inst in tqdm(requests, desc="routed rolling", disable=disable_tqdm or self.rank):
-            (text,) = inst.args
-            wins = [
-                make_disjoint_window(w)
-                for w in get_rolling_token_windows(
-                    token_list=self.tok_encode(text),
+        """Rolling-window log-likelihood of whole texts under the LLM (all windows scored at once)."""
+        slots = recs.plan(requests, self._padded)
+        todo = [i for i, slot in enumerate(slots) if slot.genuine]
+        windows, owner = [], []
+        for i in tqdm(todo, desc="routed rolling", disable=disable_tqdm or bool(self.rank)):
+            for context, target in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=self.tok_encode(requests[i].args[0]),
                     prefix_token=self.prefix_token_id,
                     max_seq_len=self.max_length,
                     context_len=1,
-                )
-            ]
-            scored = self.runtime.score([c + t for c, t in wins], [len(t) for _, t in wins])
-            totals.append(sum(lp for lp, _ in scored))
-            self._keep_scored(
-                _key(inst, repeat_of, text), sum(len(c) + len(t) - 1 for c, t in wins)
-            )
-        self._share()
-        return totals
+                ),
+            ):
+                windows.append((context, target))
+                owner.append(i)
+        scores = self.runtime.score([c + t for c, t in windows], [len(t) for _, t in windows])
+        total = {i: 0.0 for i in todo}
+        positions = {i: 0 for i in todo}
+        for i, (logp, _), (context, target) in zip(owner, scores, windows):
+            total[i] += logp  # in window order, as lm-eval's hf sums them
+            positions[i] += len(context) + len(target) - 1
+        scored = [self._scored(slots[i].key, positions[i]) for i in todo]
+        self._computed("loglikelihood_rolling", requests, slots, scored)
+        return [total[slot.source] for slot in slots]
 
-    def _keep_scored(self, key: dict, llm_tokens: int) -> None:
+    def _scored(self, key: dict, llm_tokens: int) -> dict[str, Any]:
         tally = SampleTally(llm_forward_tokens=llm_tokens, llm_calls=1)
         record = tally.record((0, 0, 0), key).to_dict()
         record.update(scored_by="llm", params_llm=self.runtime.params_llm.total)
-        self._keep(record)
+        return self._fresh(record)
 
 
 def _available(device: str) -> bool:
@@ -300,45 +367,3 @@ def _batch_size(given: int | str, model_arg: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"batch_size={value!r} is not an integer (or 'auto')") from None
-
-
-def _key(inst, repeat_of: dict[tuple, int], context: str) -> dict[str, Any]:
-    """Join key with lm-eval's sample log: task, doc_id, request idx, repeat, prompt_hash."""
-    ident = (inst.task_name, inst.doc_id, inst.idx)
-    repeat = repeat_of[ident]
-    repeat_of[ident] += 1
-    return {
-        "task": inst.task_name,
-        "doc_id": inst.doc_id,
-        "idx": inst.idx,
-        "repeat": repeat,
-        "prompt_hash": hash_string(context),
-    }
-
-
-def _flat(record: dict[str, Any]) -> dict[str, Any]:
-    return {**record["key"], **bare(record)}
-
-
-def _records_of(task_name: str, samples: list[dict]) -> list[list[dict[str, Any]]]:
-    """Each logged sample of ``task_name``'s records, from those kept in ``RECORDS``."""
-    return records_by_sample(samples, RECORDS.get(task_name, {}))
-
-
-def attach_records(tracker, task_name: str, samples: list[dict]) -> None:
-    """Add each sample's records under ``"routed"`` and write ``routed_<task>_<date>.jsonl`` beside."""
-    rows = []
-    for sample, records in zip(samples, _records_of(task_name, samples)):
-        sample["routed"] = [bare(r) for r in records]
-        rows += [{**_flat(r), "doc_id": sample.get("doc_id")} for r in records]  # lm-eval's doc id
-    if not tracker.output_path or not rows:
-        return
-    path = Path(tracker.output_path)
-    path = (
-        path.parent
-        if path.suffix == ".json"
-        else path / tracker.general_config_tracker.model_name_sanitized
-    )
-    path.mkdir(parents=True, exist_ok=True)
-    with jsonlines.open(path / f"routed_{task_name}_{tracker.date_id}.jsonl", mode="a") as out:
-        out.write_all(rows)

@@ -1,15 +1,42 @@
-"""What the start-up hook does once lm-eval or EvalPlus modules are imported (see ``_hook.py``)."""
+"""What the start-up hook does once lm-eval or EvalPlus modules are imported (see ``hook.py``).
+
+Each function gets the freshly executed module and registers ``routed`` or wraps one of its functions.
+The wrappers leave every other model alone: they act only on a model that answers to the routed
+methods (``begin_routed_evaluation``, ``restore_cached``, ``run_name``), so nothing heavy is imported
+here.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 LM_EVAL_TARGET = "lm_eval_routed.adapters.lm_eval_model:RoutedLM"
+_REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+@dataclass
+class _Evaluation:
+    """One ``simple_evaluate`` call in progress: lm-eval's torch seed, the routed model it ran."""
+
+    torch_seed: int | None
+    lm: Any = None
+
+
+_RUNNING: list[_Evaluation] = []  # innermost last
+
+
+def lm_eval_seed() -> int | None:
+    """lm-eval's torch seed (``--seed``'s third value) in the ``simple_evaluate`` call in progress."""
+    return _RUNNING[-1].torch_seed if _RUNNING else None
 
 
 def register_lm_eval(registry: ModuleType) -> None:
@@ -45,18 +72,102 @@ def add_task_path(manager: ModuleType) -> None:
     cls.__init__ = init
 
 
+def follow_lm_eval_logging(utils: ModuleType) -> None:
+    """Print our log lines through lm-eval's handler, at its level, whenever lm-eval sets its up."""
+    original = utils.setup_logging
+
+    @functools.wraps(original)
+    def setup_logging(*args, **kwargs):
+        original(*args, **kwargs)
+        theirs, ours = logging.getLogger("lm_eval"), logging.getLogger("lm_eval_routed")
+        ours.setLevel(theirs.level)
+        for handler in theirs.handlers:
+            if handler not in ours.handlers:
+                ours.addHandler(handler)
+        ours.propagate = theirs.propagate  # as lm-eval's own lines: no second copy from the root
+
+    utils.setup_logging = setup_logging
+
+
+def patch_evaluator(evaluator: ModuleType) -> None:
+    """Wrap ``evaluate`` (records gathered and attached to the samples it returns) and
+    ``simple_evaluate`` (its torch seed seen by the model; the run named after the configuration)."""
+    evaluate, simple_evaluate = evaluator.evaluate, evaluator.simple_evaluate
+    signature = inspect.signature(simple_evaluate)
+
+    @functools.wraps(evaluate)
+    def routed_evaluate(*args, **kwargs):
+        lm = kwargs["lm"] if "lm" in kwargs else args[0]
+        begin = getattr(lm, "begin_routed_evaluation", None)
+        if begin is None:
+            return evaluate(*args, **kwargs)
+        begin()
+        results = evaluate(*args, **kwargs)
+        lm.finish_routed_evaluation(results)
+        if _RUNNING:
+            _RUNNING[-1].lm = lm
+        return results
+
+    @functools.wraps(simple_evaluate)
+    def routed_simple_evaluate(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        _RUNNING.append(_Evaluation(torch_seed=call.arguments["torch_random_seed"]))
+        try:
+            results = simple_evaluate(*args, **kwargs)
+            tracker = call.arguments["evaluation_tracker"]
+            lm = _RUNNING[-1].lm
+            if results is not None and tracker is not None and lm is not None:
+                _name_run(tracker, lm.run_name)
+            return results
+        finally:
+            _RUNNING.pop()
+
+    evaluator.evaluate = routed_evaluate
+    evaluator.simple_evaluate = routed_simple_evaluate
+
+
+def _name_run(tracker, name: str) -> None:
+    """lm-eval names a run (and its output folder) from model_args keys such as ``pretrained``,
+    ``model`` or ``engine``, else at random; a routed run takes its configuration's name."""
+    from lm_eval.utils import sanitize_model_name
+
+    config = tracker.general_config_tracker
+    config.model_name, config.model_name_sanitized = name, sanitize_model_name(name)
+
+
+def patch_caching(model: ModuleType) -> None:
+    """Under ``--use_cache``, let a routed model take back the records of cached responses."""
+    cls = model.CachingLM
+    original = cls.__getattr__
+
+    @functools.wraps(original)
+    def getattr_(self, attr: str):
+        found = original(self, attr)
+        restore = getattr(self.lm, "restore_cached", None) if attr in _REQUEST_TYPES else None
+        if restore is None:
+            return found
+
+        def answer(requests):
+            out = found(requests)
+            restore(attr, requests)
+            return out
+
+        return answer
+
+    cls.__getattr__ = getattr_
+
+
 def patch_sample_logging(tracker: ModuleType) -> None:
-    """Attach each sample's accounting record to lm-eval's sample log and write our own JSONL."""
+    """Write ``routed_<task>_<date>.jsonl`` beside each sample file of a routed run."""
     cls = tracker.EvaluationTracker
     original = cls.save_results_samples
 
     @functools.wraps(original)
     def save(self, task_name, samples):
-        import sys
-
-        model = sys.modules.get("lm_eval_routed.adapters.lm_eval_model")
-        if model is not None:
-            model.attach_records(self, task_name, samples)
+        records = sys.modules.get("lm_eval_routed.adapters.lm_eval_records")
+        if records is not None:
+            records.write_jsonl(self, task_name, samples)
         return original(self, task_name, samples)
 
     cls.save_results_samples = save
@@ -70,7 +181,9 @@ def register_evalplus(provider: ModuleType) -> None:
 
 
 def patch_evalplus_codegen(codegen: ModuleType) -> None:
-    """Let EvalPlus's codegen tell a routed decoder where its samples go (accounting sits beside)."""
-    from lm_eval_routed.adapters.evalplus_backend import wrap_codegen
+    """Let EvalPlus's codegen tell a routed decoder where its samples go (accounting sits beside),
+    and refuse a resumed run under other settings before any model loads."""
+    from lm_eval_routed.adapters.evalplus_backend import wrap_codegen, wrap_run_codegen
 
     codegen.codegen = wrap_codegen(codegen.codegen)
+    codegen.run_codegen = wrap_run_codegen(codegen.run_codegen)
