@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from lm_eval_routed.accounting import SampleTally, bare, records_by_sample
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
+from lm_eval_routed.runtime import RoutedRuntime, build_runtime, check_gen_kwargs, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,6 @@ log = logging.getLogger(__name__)
 # process that evaluates a task twice logs each run's own and holds one run's worth at most.
 RECORDS: dict[str | None, dict[int | None, list[dict[str, Any]]]] = {}
 _GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
-
-
-def _cli_error(err: ConfigError) -> None:
-    """Under the lm_eval CLI a config mistake is one line on stderr, not a traceback."""
-    if Path(sys.argv[0]).name in ("lm_eval", "lm-eval", "__main__.py"):
-        raise SystemExit(f"lm_eval --model routed: {err}") from None
-    raise err
 
 
 class RoutedLM(TemplateLM):
@@ -81,16 +73,16 @@ class RoutedLM(TemplateLM):
             model_args.setdefault("device", str(self.accelerator.device))
         # an already built RoutedRuntime (sweeps, benchmarks)
         runtime = model_args.pop("runtime", None)
-        try:
-            self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
-            self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
-        except ConfigError as err:
-            _cli_error(err)
+        # a ConfigError reaches the lm_eval CLI's user as one line (plugin.one_line_config_errors)
+        self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
+        self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
         self.tokenizer = self.runtime.tokenizer
         self.backend = "causal"
         self.records: list[dict[str, Any]] = []  # every accounting record this model produced
         self._pending: list[dict[str, Any]] = []  # produced since the last _share()
         self._accounting = Path(self.cfg.accounting_path) if self.cfg.accounting_path else None
+        # written beside each accounting_path record: which configuration (and sweep cell) wrote it
+        self.tags: dict[str, Any] = {"config": self.cfg.label}
 
     @classmethod
     def create_from_arg_string(
@@ -199,6 +191,7 @@ class RoutedLM(TemplateLM):
         return [r.text for r in results]
 
     def _gen_request(self, context: str, kwargs: dict[str, Any], key: dict) -> GenRequest:
+        check_gen_kwargs(kwargs)
         unknown = set(kwargs) - _GEN_KEYS
         if unknown:
             log.warning("routed ignores generation kwargs %s", sorted(unknown))
@@ -224,7 +217,7 @@ class RoutedLM(TemplateLM):
         if self._accounting is not None:  # appended as produced: an interrupted run keeps its rows
             self._accounting.parent.mkdir(parents=True, exist_ok=True)
             with jsonlines.open(self._accounting, mode="a") as out:
-                out.write(_flat(record))
+                out.write({**_flat(record), **self.tags})
 
     def _share(self) -> None:
         """Publish new records for the sample log; under data parallelism every rank gets all of them."""
@@ -297,9 +290,12 @@ def _batch_size(given: int | str, model_arg: Any) -> int:
         log.info("routed: batch_size=auto -> 8 (set an integer to choose)")
         return 8
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"batch_size={value!r} is not an integer (or 'auto')") from None
+        return int(str(value).strip())  # "2.5" and True are refused, not rounded
+    except ValueError:
+        named = "batch_size=" if model_arg is not None else "--batch_size "
+        raise ConfigError(
+            f"{named}{value!r} is not a whole number of rows; give an integer such as 8 (or auto)"
+        ) from None
 
 
 def _key(inst, repeat_of: dict[tuple, int], context: str) -> dict[str, Any]:
