@@ -106,16 +106,20 @@ class RoutedConfig:
             values = value if isinstance(value, tuple) else (value,)
             if any(v is not None and not math.isfinite(v) for v in values):
                 raise ConfigError(f"{key}={_show(value)} is not a finite number")
-        if self.max_length is not None and self.max_length < 1:
+        if self.max_length is not None and self.max_length < 2:
             raise ConfigError(
-                f"max_length={self.max_length} must be a positive integer (prompt + generation "
-                "tokens); leave it out for the LLM's context size"
+                f"max_length={self.max_length} must be at least 2 (prompt + generation tokens); "
+                "leave it out for the LLM's context size"
             )
-        if self.max_length is not None and self.max_length <= self.max_gen_toks:
+
+    def check_room(self, max_new_tokens: int) -> None:
+        """Refuse a generation budget that leaves ``max_length`` no room for a prompt (the budget
+        is a task's, or ``max_gen_toks`` where the caller has no other)."""
+        if self.max_length is not None and self.max_length <= max_new_tokens:
             raise ConfigError(
                 f"max_length={self.max_length} leaves no room for a prompt beside "
-                f"max_gen_toks={self.max_gen_toks}; raise max_length (prompt + generation) or "
-                "lower max_gen_toks, or leave max_length out for the LLM's context size"
+                f"max_gen_toks={max_new_tokens}; raise max_length (prompt + generation) or lower "
+                "max_gen_toks, or leave max_length out for the LLM's context size"
             )
 
     @property

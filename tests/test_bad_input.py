@@ -70,10 +70,9 @@ def loads(monkeypatch):
         ({"device": "cuda:"}, "device='cuda:' is not supported"),
         ({"device": "cpu:0:1"}, "device='cpu:0:1' is not supported"),
         ({"device": "cudaX"}, "device='cudaX' is not supported"),
-        ({"max_length": "0"}, "max_length=0 must be a positive integer"),
-        ({"max_length": "-8"}, "max_length=-8 must be a positive integer"),
-        ({"max_length": "100"}, "max_length=100 leaves no room for a prompt beside max_gen_toks"),
-        ({"max_length": "64", "max_gen_toks": "64"}, "max_length=64 leaves no room"),
+        ({"max_length": "0"}, "max_length=0 must be at least 2"),
+        ({"max_length": "-8"}, "max_length=-8 must be at least 2"),
+        ({"max_length": "1"}, "max_length=1 must be at least 2"),
         ({"batch_size": "abc"}, "batch_size='abc' is not a valid int"),
         ({"batch_size": "2.5"}, "batch_size='2.5' is not a valid int"),
         ({"max_gen_toks": "-1"}, "max_gen_toks=-1 must be a positive integer"),
@@ -552,3 +551,14 @@ def test_lm_eval_cli_task_data_and_gen_kwargs_mistakes_are_one_line(workspace, t
         "max_gen_toks=-1",
     )
     _assert_one_line(out, "max_gen_toks=-1 (from --gen_kwargs")
+
+
+def test_evalplus_refuses_a_budget_without_room_before_loading(monkeypatch, no_loading):
+    import evalplus.provider  # noqa: F401  (registers `routed` first, as EvalPlus's CLI does)
+
+    from lm_eval_routed.adapters.evalplus_backend import RoutedDecoder
+
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "max_length=100")  # demo's max_gen_toks is 256
+    with pytest.raises(ConfigError) as err:
+        RoutedDecoder(name="demo", dataset="humaneval")
+    one_line(err, "max_length=100 leaves no room for a prompt beside max_gen_toks=256")

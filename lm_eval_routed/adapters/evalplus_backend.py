@@ -57,6 +57,9 @@ class RoutedDecoder(DecoderBase):
     ) -> None:
         overrides = parse_arg_string(os.environ.get("ROUTED_MODEL_ARGS", ""))
         cfg = load_config({"config": name, "batch_size": batch_size, **overrides})
+        cfg.check_room(
+            cfg.max_gen_toks
+        )  # every request asks for max_gen_toks: refused before loading
         self.runtime = build_runtime(cfg)
         super().__init__(
             name=name,
