@@ -100,7 +100,7 @@ class RoutedConfig:
         self._check_numbers()
 
     def _check_numbers(self) -> None:
-        """Non-finite numbers and budgets that cannot hold a prompt, refused before any load."""
+        """Non-finite numbers, and a max_length too short for a prompt token and a generated one."""
         for key in ("threshold", "p", "cost_router", "cost_slm", "cost_llm"):
             value = getattr(self, key)
             values = value if isinstance(value, tuple) else (value,)
@@ -250,7 +250,7 @@ def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedC
         if key in knobs and reads is not None and key not in reads:
             if key in given and raw is not None and _coerce_known(key, raw) is not None:
                 raise ConfigError(_unread(key, raw, router, reads))
-            log.info("router=%s does not read %s from the config file; dropped", router, key)
+            log.info("router=%s does not read %s; dropped", router, key)
             continue
         if key in _FIELDS:
             values[key] = _coerce(key, raw)

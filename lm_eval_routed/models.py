@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +105,9 @@ def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_co
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa", **kwargs
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        # a missing or damaged file, a config.json that is not JSON, tensors that do not fit it
+    except (OSError, ValueError, RuntimeError, SafetensorError, struct.error, EOFError) as err:
+        # a missing or damaged file (a GGUF cut short is a struct.error), a config.json that is not
+        # JSON, tensors that do not fit it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load model {ref!r}: {first}") from None
     return model.to(device), tok

@@ -337,6 +337,18 @@ def test_a_damaged_model_file_loaded_directly_is_one_line(workspace, tmp_path):
     one_line(err, "is not a readable safetensors file")
 
 
+@pytest.mark.parametrize(
+    "content", [b"GGUF\x03\x00\x00\x00cut short", b"not a gguf file at all, just text" * 4]
+)
+def test_a_damaged_gguf_file_is_one_line(tmp_path, content):
+    from lm_eval_routed.models import load_model
+
+    (tmp_path / "m.gguf").write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_model(str(tmp_path / "m.gguf"), torch.float32, torch.device("cpu"))
+    one_line(err, "cannot load model")
+
+
 def _saved(folder, vocab: int):
     tiny_llama(1, seed=5, vocab=vocab).save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)

@@ -71,9 +71,9 @@ def patch_lm_eval_cli(cli: ModuleType) -> None:
     ``python -m lm_eval`` alike); older releases start at ``lm_eval.__main__.cli_evaluate``.
     """
     harness = getattr(cli, "HarnessCLI", None)
-    if harness is not None and hasattr(harness, "execute"):
+    if harness is not None:
         harness.execute = one_line_config_errors(harness.execute)
-    elif callable(getattr(cli, "cli_evaluate", None)) and not hasattr(cli, "HarnessCLI"):
+    elif callable(getattr(cli, "cli_evaluate", None)):
         cli.cli_evaluate = one_line_config_errors(cli.cli_evaluate)
 
 
