@@ -232,8 +232,9 @@ def _read_yaml(ref: str) -> dict[str, Any]:
 def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedConfig:
     """Build a config from ``config=`` (file or preset) plus explicit keys, which win.
 
-    A router knob (``threshold``, ``p``, ...) given explicitly to a router that does not read it is
-    refused; one the ``config=`` file sets for its own router is dropped when another is chosen.
+    A router knob (``threshold``, ``p``, ...) given explicitly to a router that does not read it,
+    at a value other than its default, is refused; one the ``config=`` file sets for its own router
+    is dropped when another router is chosen.
     """
     from lm_eval_routed.routers.base import knob_names, knobs_of
 
@@ -248,7 +249,7 @@ def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedC
     extra: dict[str, Any] = {}
     for key, raw in merged.items():
         if key in knobs and reads is not None and key not in reads:
-            if key in given and raw is not None and _coerce_known(key, raw) is not None:
+            if key in given and _coerce_known(key, raw) not in (None, _default(key)):
                 raise ConfigError(_unread(key, raw, router, reads))
             log.info("router=%s does not read %s; dropped", router, key)
             continue
@@ -265,6 +266,11 @@ def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedC
 def _coerce_known(key: str, raw: Any) -> Any:
     """``raw`` as its field's type (a router's own extra key is taken as given)."""
     return _coerce(key, raw) if key in _FIELDS else raw
+
+
+def _default(key: str) -> Any:
+    """A field's default (None for a router's own extra key)."""
+    return _FIELDS[key].default if key in _FIELDS else None
 
 
 def _unread(key: str, raw: Any, router: str, reads: tuple[str, ...]) -> str:

@@ -93,19 +93,21 @@ def test_bad_model_args_are_one_line(args, needle):
     [
         (
             {"router": "random", "threshold": "0.5"},
-            "threshold=0.5 is not read by router=random, which reads only p; drop threshold or "
-            "choose a router that reads it (citer, entropy, entropy-token, r2r)",
+            "threshold=0.5 is not read by router=random, which reads only p, guess_ahead; drop "
+            "threshold or choose a router that reads it (citer, entropy, entropy-token, r2r)",
         ),
         (
             {"router": "llm-only", "p": "0.2"},
-            "p=0.2 is not read by router=llm-only, which reads no",
+            "p=0.2 is not read by router=llm-only, which reads only guess_ahead",
         ),
         ({"router": "slm-only", "threshold": "0.1"}, "not read by router=slm-only"),
         (
             {"router": "entropy", "gamma": "8"},
             "gamma=8 is not read by router=entropy, which reads ",
         ),
-        ({"router": "entropy", "p": "0.1"}, "p=0.1 is not read by router=entropy"),  # default value
+        ({"router": "entropy", "p": "0.3"}, "p=0.3 is not read by router=entropy"),
+        ({"router": "entropy", "guess_ahead": "4"}, "guess_ahead=4 is not read by router=entropy"),
+        ({"router": "speculative", "guess_ahead": "2"}, "reads only gamma"),
         ({"router": "speculative", "threshold": "0.3"}, "reads only gamma"),
         ({"router": "entropy", "router_ckpt": "demo-r2r"}, "router_ckpt=demo-r2r is not read"),
         ({"router": "citer", "router_ckpt": "demo-citer", "gamma": "2"}, "reads only router_ckpt"),
@@ -122,6 +124,8 @@ def test_knobs_the_router_reads_pass_and_none_means_default():
     assert load_config({"router": "entropy", "threshold": "0.2"}).threshold == 0.2
     assert load_config({"router": "random", "threshold": "none"}).threshold is None
     assert load_config({"router": "speculative", "gamma": "2"}).gamma == 2
+    # a knob at its default changes nothing, so nothing is ignored: accepted
+    assert load_config({"router": "entropy", "p": "0.1", "guess_ahead": "0"}).router == "entropy"
 
 
 def test_a_preset_knob_is_dropped_when_another_router_is_chosen():
@@ -285,6 +289,27 @@ def test_an_official_r2r_file_that_is_not_a_torch_checkpoint(tmp_path, no_loadin
     with pytest.raises(ConfigError) as err:
         runtime.build_runtime(cfg)
     one_line(err, "is not a weights-only torch checkpoint")
+
+
+def test_an_official_r2r_file_is_checked_against_its_init_args(tmp_path, no_loading):
+    from lm_eval_routed.routers.base import check_router
+    from lm_eval_routed.routers.r2r import OFFICIAL_TYPE, OfficialR2RNet
+
+    init = {"hidden_states_size": 64, "logits_size": 10, "hidden_dims": [16, 32, 16]}
+    state = OfficialR2RNet(**init).state_dict()
+
+    def saved(init_args: dict, tensors: dict):
+        ckpt = {"model_type": OFFICIAL_TYPE, "init_args": init_args, "state_dict": tensors}
+        torch.save({**ckpt, "common_args": {"threshold": 0.3}}, tmp_path / "r.pt")
+        return load_config({"router": "r2r", "router_ckpt": str(tmp_path / "r.pt")})
+
+    check_router(saved(init, {**state, "token_embeddings.weight": torch.zeros(98, 64)}))  # fits
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(saved({**init, "logits_size": 12}, state))
+    one_line(err, "tensor logits_projection.weight has shape [64, 10] but the config's sizes need")
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(saved({**init, "hidden_states_size": "wide"}, state))
+    one_line(err, "hidden_states_size='wide' must be a positive integer")
 
 
 # -- model files and vocabularies -----------------------------------------------------------------

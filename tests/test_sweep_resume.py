@@ -267,3 +267,11 @@ def test_a_sweep_killed_at_random_points_resumes_to_the_same_leaderboard(tmp_pat
     assert _records(acc) == _records(ref_acc), killed
     assert len(_records(acc)) == 3 * 4
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_write_atomic_clears_what_a_killed_writer_left(tmp_path):
+    path = tmp_path / "t.json"
+    (tmp_path / ".t.json.4242.tmp").write_text('{"half')
+    (tmp_path / ".other.json.4242.tmp").write_text("another file's")
+    sweep.write_atomic(path, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.4242.tmp", "t.json"]

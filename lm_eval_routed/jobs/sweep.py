@@ -232,7 +232,10 @@ def _run_cell(
 
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write ``content`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: a reader (or a run resumed after a kill) sees the old file or the new, never half."""
+    ``path``: a reader (or a run resumed after a kill) sees the old file or the new, never half.
+    What a writer killed before its rename left beside ``path`` is removed."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = content.encode() if isinstance(content, str) else content
     try:

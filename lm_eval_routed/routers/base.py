@@ -74,7 +74,8 @@ class Router:
 _REGISTRY: dict[str, Callable[..., Router]] = {}
 # name -> check(cfg): what a router can refuse before any model loads (minutes for a large pair).
 _CHECKS: dict[str, Callable[[Any], object]] = {}
-# name -> the config keys the router reads (its knobs); a router registered without them is unchecked
+# name -> the config keys the router reads (its knobs; ``guess_ahead`` for per-token routers, which
+# the decoder zeroes for the others); a router registered without them is unchecked
 _KNOBS: dict[str, tuple[str, ...]] = {}
 
 

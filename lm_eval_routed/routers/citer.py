@@ -65,7 +65,7 @@ def _check(cfg: RoutedConfig) -> None:
     checkpoint.check(cfg.router_ckpt, "citer", build=lambda c: CiterNet(c["hidden_size"]))
 
 
-@register_router("citer", check=_check, knobs=("router_ckpt", "threshold"))
+@register_router("citer", check=_check, knobs=("router_ckpt", "threshold", "guess_ahead"))
 def _citer(cfg: RoutedConfig, slm) -> Router:
     checkpoint.check_threshold(cfg.threshold, "citer")
     ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "citer")

@@ -79,6 +79,6 @@ def _entropy(cfg: RoutedConfig, slm) -> Router:
     return EntropyStitch(_stitch_tau(cfg))
 
 
-@register_router("entropy-token", check=_token_tau, knobs=("threshold",))
+@register_router("entropy-token", check=_token_tau, knobs=("threshold", "guess_ahead"))
 def _entropy_token(cfg: RoutedConfig, slm) -> Router:
     return EntropyToken(_token_tau(cfg))

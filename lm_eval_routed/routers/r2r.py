@@ -198,7 +198,7 @@ def _check(cfg: RoutedConfig) -> None:
     checkpoint.check(cfg.router_ckpt, "r2r", build=_net_of, ignore=(_EMBEDDING_KEY,))
 
 
-@register_router("r2r", check=_check, knobs=("router_ckpt", "threshold"))
+@register_router("r2r", check=_check, knobs=("router_ckpt", "threshold", "guess_ahead"))
 def _r2r(cfg: RoutedConfig, slm) -> Router:
     checkpoint.check_threshold(cfg.threshold, "r2r")
     ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")
