@@ -179,17 +179,15 @@ def check_gen_kwargs(kwargs: dict[str, Any]) -> None:
     silently generate nothing or sample from no distribution."""
     where = "(from --gen_kwargs or the task's generation_kwargs)"
     budget = kwargs.get("max_gen_toks")
-    if budget is not None and not (
-        _finite_at_least(budget, -math.inf) and float(budget).is_integer()
-    ):
+    if budget is not None and not (_finite(budget) and float(budget).is_integer()):
         raise ConfigError(f"max_gen_toks={budget!r} {where} must be a whole number of tokens")
     if budget is not None and budget < 1:  # lm-eval's CLI hands "-1" over as -1.0
         raise ConfigError(f"max_gen_toks={int(budget)} {where} must be at least 1")
     temperature = kwargs.get("temperature")
-    if temperature is not None and not _finite_at_least(temperature, 0.0):
+    if temperature is not None and not (_finite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature={temperature!r} {where} must be a number >= 0")
     top_p = kwargs.get("top_p")
-    if top_p is not None and not (_finite_at_least(top_p, 0.0) and 0.0 < top_p <= 1.0):
+    if top_p is not None and not (_finite(top_p) and 0 < top_p <= 1):
         raise ConfigError(f"top_p={top_p!r} {where} must be a number in (0, 1]")
     until = kwargs.get("until")
     if until is not None and not (
@@ -200,9 +198,9 @@ def check_gen_kwargs(kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"until={until!r} {where} must be a string or a list of strings")
 
 
-def _finite_at_least(value: Any, low: float) -> bool:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return number and math.isfinite(value) and value >= low
+def _finite(value: Any) -> bool:
+    """A finite int or float (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def sample_seed(base: int, *parts: object) -> int:

@@ -267,6 +267,7 @@ def test_a_sweep_killed_at_random_points_resumes_to_the_same_leaderboard(tmp_pat
     assert _records(acc) == _records(ref_acc), killed
     assert len(_records(acc)) == 3 * 4
     assert not [p for p in out.rglob("*.tmp")]
+    print("killed:", *killed, sep="\n  ")  # where the kills landed (shown with -rA)
 
 
 def test_write_atomic_clears_what_a_killed_writer_left(tmp_path):
