@@ -7,6 +7,9 @@ ends here, is validated once, and fails with one line naming the key and what it
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,9 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("pause", "lockstep")
 ENGINES = ("auto", "native", "hf")
+DEVICE_FORM = re.compile(r"(cpu|mps|cuda)(:\d+)?")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -87,9 +93,33 @@ class RoutedConfig:
                 )
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
-        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
+        if self.device != "auto" and not DEVICE_FORM.fullmatch(self.device):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"
+            )
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Non-finite numbers, and a max_length too short for a prompt token and a generated one."""
+        for key in ("threshold", "p", "cost_router", "cost_slm", "cost_llm"):
+            value = getattr(self, key)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(v is not None and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{key}={_show(value)} is not a finite number")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(
+                f"max_length={self.max_length} must be at least 2 (prompt + generation tokens); "
+                "leave it out for the LLM's context size"
+            )
+
+    def check_room(self, max_new_tokens: int) -> None:
+        """Refuse a generation budget that leaves ``max_length`` no room for a prompt (the budget
+        is a task's, or ``max_gen_toks`` where the caller has no other)."""
+        if self.max_length is not None and self.max_length <= max_new_tokens:
+            raise ConfigError(
+                f"max_length={self.max_length} leaves no room for a prompt beside "
+                f"max_gen_toks={max_new_tokens}; raise max_length (prompt + generation) or lower "
+                "max_gen_toks, or leave max_length out for the LLM's context size"
             )
 
     @property
@@ -106,20 +136,27 @@ class RoutedConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _show(value: Any) -> str:
+    """A value as the user wrote it: ``0.1:0.002`` for a cost pair."""
+    if isinstance(value, tuple):
+        return ":".join(f"{v:g}" for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
 _FIELDS = {f.name: f for f in fields(RoutedConfig) if f.name != "extra"}
-# Keys a router may read from ``extra`` (they are validated by the router itself).
-ROUTER_KEYS = ("router_hidden", "router_device")
 
 
 def _coerce(key: str, raw: Any) -> Any:
     """Turn a model_args string (or YAML value) into the field's type, or raise ConfigError."""
     kind = str(_FIELDS[key].type)
-    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+    if isinstance(raw, str) and not raw.strip():
+        raise ConfigError(f"{key}= is empty; give it a value or leave {key} out")
+    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
         if "None" in kind:
             return None
         raise ConfigError(f"{key} needs a value")
@@ -128,7 +165,13 @@ def _coerce(key: str, raw: Any) -> Any:
             parts = raw if isinstance(raw, list | tuple) else str(raw).replace(":", " ").split()
             if len(parts) != 2:
                 raise ValueError
-            return (float(parts[0]), float(parts[1]))
+            pair = (float(parts[0]), float(parts[1]))
+            if not all(map(math.isfinite, pair)):
+                raise ConfigError(
+                    f"{key}={raw!r}: both seconds must be finite numbers "
+                    "(fixed_s:per_token_s, e.g. 0.03:0.001; leave it out to measure)"
+                )
+            return pair
         if kind.startswith("bool"):
             if isinstance(raw, bool):
                 return raw
@@ -142,8 +185,15 @@ def _coerce(key: str, raw: Any) -> Any:
                 raise ValueError
             return int(raw)
         if kind.startswith("float"):
-            return float(raw)
+            if isinstance(raw, bool):
+                raise ValueError
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}={raw!r} is not a finite number")
+            return number
         return str(raw)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         want = kind.replace(" | None", "")
         hint = " (two numbers: fixed_s:per_token_s)" if want.startswith("tuple") else ""
@@ -163,30 +213,75 @@ def _read_yaml(ref: str) -> dict[str, Any]:
         raise ConfigError(
             f"config={ref!r} is neither a YAML file nor a preset; presets: {', '.join(preset_names())}"
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"config file {path} is not valid YAML{where}: {problem}; fix that line"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
 
 
 def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedConfig:
-    """Build a config from ``config=`` (file or preset) plus explicit keys, which win."""
-    merged: dict[str, Any] = {}
+    """Build a config from ``config=`` (file or preset) plus explicit keys, which win.
+
+    A router knob (``threshold``, ``p``, ...) given explicitly to a router that does not read it,
+    at a value other than its default, is refused; one the ``config=`` file sets for its own router
+    is dropped when another router is chosen.
+    """
+    from lm_eval_routed.routers.base import knob_names, knobs_of
+
     args = {**(args or {}), **overrides}
-    if args.get("config"):
-        merged.update(_read_yaml(str(args["config"])))
-    merged.update({k: v for k, v in args.items() if k != "config"})
+    from_file = _read_yaml(str(args["config"])) if args.get("config") else {}
+    given = {k: v for k, v in args.items() if k != "config"}
+    merged = {**from_file, **given}
+    router = str(merged.get("router") or RoutedConfig.router)
+    reads = knobs_of(router)
+    knobs = knob_names()
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, raw in merged.items():
+        if key in knobs and reads is not None and key not in reads:
+            if key in given and _coerce_known(key, raw) not in (None, _default(key)):
+                raise ConfigError(_unread(key, raw, router, reads))
+            log.info("router=%s does not read %s; dropped", router, key)
+            continue
         if key in _FIELDS:
             values[key] = _coerce(key, raw)
-        elif key in ROUTER_KEYS:
+        elif key in knobs:
             extra[key] = raw
         else:
-            allowed = ", ".join([*_FIELDS, *ROUTER_KEYS, "config"])
+            allowed = ", ".join([*_FIELDS, *sorted(knobs - set(_FIELDS)), "config"])
             raise ConfigError(f"unknown key {key!r}; allowed keys: {allowed}")
     return RoutedConfig(**values, extra=extra)
+
+
+def _coerce_known(key: str, raw: Any) -> Any:
+    """``raw`` as its field's type (a router's own extra key is taken as given)."""
+    return _coerce(key, raw) if key in _FIELDS else raw
+
+
+def _default(key: str) -> Any:
+    """A field's default (None for a router's own extra key)."""
+    return _FIELDS[key].default if key in _FIELDS else None
+
+
+def _unread(key: str, raw: Any, router: str, reads: tuple[str, ...]) -> str:
+    """The one line refusing a knob ``router`` does not read."""
+    from lm_eval_routed.routers.base import readers_of
+
+    what = f"reads only {', '.join(reads)}" if reads else "reads no knob"
+    return (
+        f"{key}={raw} is not read by router={router}, which {what}; drop {key} or choose "
+        f"a router that reads it ({', '.join(readers_of(key))})"
+    )
 
 
 def parse_arg_string(text: str) -> dict[str, str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from lm_eval_routed.config import ConfigError
 
@@ -20,9 +23,19 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; anything else is checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device={name!r} is not supported; use auto, cpu, cuda[:N] or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but no CUDA device is visible; use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={name!r} but MPS is not available; use device=cpu")
     return device
@@ -86,15 +99,78 @@ def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_co
         raise ConfigError(
             f"{ref!r} is a path without config.json; give a model folder or a .gguf file"
         )
+    preflight(ref)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa", **kwargs
         )
-    except OSError as err:
-        first = str(err).strip().splitlines()[0]
+    except (OSError, ValueError, RuntimeError, SafetensorError, struct.error, EOFError) as err:
+        # a missing or damaged file (a GGUF cut short is a struct.error), a config.json that is not
+        # JSON, tensors that do not fit it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load model {ref!r}: {first}") from None
     return model.to(device), tok
+
+
+def preflight(ref: str) -> None:
+    """Refuse what a local model folder shows before any weight loads: a config.json that is not
+    JSON, a safetensors file whose header is damaged or whose data is cut short."""
+    folder = Path(ref)
+    if ref.startswith("demo:") or not folder.is_dir():
+        return  # hub ids and GGUF files are checked as they load
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{config} is not valid JSON ({err}); restore or re-download the model"
+            ) from None
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"{weights} is not a readable safetensors file ({first}); restore or "
+                f"re-download model {ref!r}"
+            ) from None
+
+
+def tokenizer_size(tokenizer) -> int:
+    """How many token ids ``tokenizer`` can produce (its largest id + 1, added tokens included)."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
+def check_vocab_fits(model: torch.nn.Module, tokenizer, ref: str, role: str) -> None:
+    """Every id the shared tokenizer produces needs a row in the model's embedding and LM head."""
+    need = tokenizer_size(tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    head = model.get_output_embeddings()
+    if head is not None:
+        rows = min(rows, head.weight.shape[0])
+    if rows < need:
+        raise ConfigError(
+            f"{role}={ref!r} has {rows} embedding rows but the shared tokenizer has {need} token "
+            f"ids, so rare tokens would index past its embedding; use a {role} built for this "
+            "tokenizer (same vocabulary size or larger)"
+        )
+
+
+def config_vocab_size(ref: str, trust_remote_code: bool = False) -> int | None:
+    """A model's vocabulary size from its config alone (None where that cannot be read cheaply)."""
+    if ref.startswith("demo:") or ref.endswith(".gguf"):
+        return None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the load itself reports it in one line
+    size = getattr(config.get_text_config(), "vocab_size", None)
+    return size if isinstance(size, int) else None
 
 
 def check_same_vocab(slm_tok, llm_tok, slm_ref: str, llm_ref: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,11 +34,15 @@ from lm_eval_routed.core.rows import GenRequest, GenResult
 from lm_eval_routed.models import (
     ParamCount,
     check_same_vocab,
+    check_vocab_fits,
+    config_vocab_size,
     count_params,
     eos_ids,
     load_model,
+    preflight,
     resolve_device,
     resolve_dtype,
+    tokenizer_size,
 )
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
@@ -201,6 +206,35 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def check_gen_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse generation settings (``--gen_kwargs``, a task's generation_kwargs) that would
+    silently generate nothing or sample from no distribution."""
+    where = "(from --gen_kwargs or the task's generation_kwargs)"
+    budget = kwargs.get("max_gen_toks")
+    if budget is not None and not (_finite(budget) and float(budget).is_integer()):
+        raise ConfigError(f"max_gen_toks={budget!r} {where} must be a whole number of tokens")
+    if budget is not None and budget < 1:  # lm-eval's CLI hands "-1" over as -1.0
+        raise ConfigError(f"max_gen_toks={int(budget)} {where} must be at least 1")
+    temperature = kwargs.get("temperature")
+    if temperature is not None and not (_finite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature={temperature!r} {where} must be a number >= 0")
+    top_p = kwargs.get("top_p")
+    if top_p is not None and not (_finite(top_p) and 0 < top_p <= 1):
+        raise ConfigError(f"top_p={top_p!r} {where} must be a number in (0, 1]")
+    until = kwargs.get("until")
+    if until is not None and not (
+        isinstance(until, str)
+        or isinstance(until, list | tuple)
+        and all(isinstance(u, str) for u in until)
+    ):
+        raise ConfigError(f"until={until!r} {where} must be a string or a list of strings")
+
+
+def _finite(value: Any) -> bool:
+    """A finite int or float (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def sample_seed(base: int, *parts: object) -> int:
     """A per-sample seed from the run seed and the sample's identity (prompt hash, repeat index)."""
     digest = hashlib.sha256(":".join(map(str, (base, *parts))).encode()).digest()
@@ -214,11 +248,19 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     dtype = resolve_dtype(cfg.dtype, device)
     slm_dtype = resolve_dtype(cfg.slm_dtype or cfg.dtype, device)
     if slm is None or llm is None:
-        llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
+        for ref in (cfg.slm, cfg.llm):  # damaged local files, before any weight loads
+            preflight(ref)
+        # the SLM first: it loads in a fraction of the LLM's time, and what is wrong with it (or
+        # with the LLM's vocabulary size against its tokenizer) shows before the LLM loads
         slm, slm_tok = load_model(cfg.slm, slm_dtype, device, cfg.trust_remote_code)
+        check_vocab_fits(slm, slm_tok, cfg.slm, "slm")
+        _check_llm_vocab(cfg, slm_tok)
+        llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
     else:  # models handed in: their own dtypes are what runs
         dtype, slm_dtype = llm.dtype, slm.dtype
+    check_vocab_fits(slm, tokenizer, cfg.slm, "slm")
+    check_vocab_fits(llm, tokenizer, cfg.llm, "llm")
     # patched on the model objects: whatever else runs them (plain generate, lm-eval's hf) follows
     for model in (slm, llm):
         if cfg.prepack:
@@ -253,6 +295,17 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm
     )
+
+
+def _check_llm_vocab(cfg: RoutedConfig, tokenizer) -> None:
+    """The LLM's vocabulary size from its config against the SLM's tokenizer, before it loads."""
+    size = config_vocab_size(cfg.llm, cfg.trust_remote_code)
+    need = tokenizer_size(tokenizer)
+    if size is not None and size < need:
+        raise ConfigError(
+            f"llm={cfg.llm!r} has a vocabulary of {size} but the shared tokenizer has {need} "
+            "token ids; use an LLM of the same tokenizer (same vocabulary size or larger)"
+        )
 
 
 def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFEngine:

@@ -24,7 +24,7 @@ def test_paper_presets_ship():
     "args,needle",
     [
         ({"tempreature": "1"}, "unknown key 'tempreature'"),
-        ({"p": "1.5"}, "p=1.5 is out of range"),
+        ({"router": "random", "p": "1.5"}, "p=1.5 is out of range"),
         ({"batch_size": "zero"}, "batch_size='zero' is not a valid int"),
         ({"dtype": "int4"}, "choose one of: auto, float32"),
         ({"cost_llm": "0.1"}, "fixed_s:per_token_s"),

@@ -104,7 +104,10 @@ def test_sweep_refuses_two_configs_with_one_label(tmp_path):
         sweep.run_sweep(configs, ["routed_demo"], tmp_path)
     named = [configs[0], {**configs[1], "name": "llm-only b=4"}]
     sweep.check_labels([sweep.load_config(c) for c in named])
-    sweep.check_labels([sweep.load_config(configs[0])] * 2)  # a repeated config is one cell
+    with pytest.raises(
+        ConfigError, match="'llm-only' is listed twice; list each configuration once"
+    ):
+        sweep.check_labels([sweep.load_config(configs[0])] * 2)
 
 
 def test_sweep_reloads_models_when_their_dtype_changes(make_runtime, monkeypatch):

@@ -21,7 +21,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import ROUTER_KEYS, RoutedConfig, load_config
+from lm_eval_routed.config import RoutedConfig, load_config
 from lm_eval_routed.runtime import build_runtime
 
 ROLLING_TASK = """\
@@ -328,4 +328,4 @@ def test_readme_documents_every_model_arg():
     for row in table.splitlines()[2:]:
         documented |= set(re.findall(r"`([a-z_]+)`", row.split("|")[1]))
     accepted = {f for f in RoutedConfig.__dataclass_fields__ if f != "extra"}
-    assert accepted | set(ROUTER_KEYS) | {"config"} <= documented
+    assert accepted | {"config"} <= documented

@@ -58,7 +58,7 @@ def test_r2r_threshold_extremes(make_runtime, tokenizer, r2r_ckpt):
     everything = make_runtime(router="r2r", router_ckpt=folder, threshold="0").generate(
         reqs(tokenizer)
     )
-    nothing = make_runtime(router="r2r", router_ckpt=folder, threshold="1.01").generate(
+    nothing = make_runtime(router="r2r", router_ckpt=folder, threshold="1").generate(
         reqs(tokenizer)
     )
     llm = make_runtime(router="llm-only").generate(reqs(tokenizer))
@@ -130,7 +130,7 @@ def test_citer_threshold_semantics(make_runtime, tokenizer, citer_ckpt):
     none = make_runtime(router="citer", router_ckpt=str(citer_ckpt), threshold="0").generate(
         reqs(tokenizer)
     )
-    every = make_runtime(router="citer", router_ckpt=str(citer_ckpt), threshold="1.01").generate(
+    every = make_runtime(router="citer", router_ckpt=str(citer_ckpt), threshold="1").generate(
         reqs(tokenizer)
     )
     assert all(r.record.tokens_llm == 0 for r in none)

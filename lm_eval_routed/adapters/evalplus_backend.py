@@ -52,6 +52,9 @@ class RoutedDecoder(DecoderBase):
         **_: Any,
     ) -> None:
         cfg = _config(name, batch_size=batch_size)
+        cfg.check_room(
+            cfg.max_gen_toks
+        )  # every request asks for max_gen_toks: refused before loading
         self.runtime = build_runtime(cfg)
         super().__init__(
             name=name,

@@ -15,6 +15,8 @@ _AFTER_IMPORT = {
     "lm_eval.evaluator": "lm_eval_routed.adapters.plugin:patch_evaluator",
     "lm_eval.tasks.manager": "lm_eval_routed.adapters.plugin:add_task_path",
     "lm_eval.loggers.evaluation_tracker": "lm_eval_routed.adapters.plugin:patch_sample_logging",
+    "lm_eval._cli.harness": "lm_eval_routed.adapters.plugin:patch_lm_eval_cli",
+    "lm_eval.__main__": "lm_eval_routed.adapters.plugin:patch_lm_eval_cli",
     "evalplus.provider": "lm_eval_routed.adapters.plugin:register_evalplus",
     "evalplus.codegen": "lm_eval_routed.adapters.plugin:patch_evalplus_codegen",
 }

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,11 @@ from lm_eval_routed.adapters import lm_eval_records as recs
 from lm_eval_routed.adapters import plugin
 from lm_eval_routed.config import RUN_ONLY_KEYS, ConfigError, given_keys, load_config
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
+from lm_eval_routed.runtime import RoutedRuntime, build_runtime, check_gen_kwargs, sample_seed
 
 log = logging.getLogger(__name__)
 
 _GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
-
-
-def _cli_error(err: ConfigError) -> None:
-    """Under the lm_eval CLI a config mistake is one line on stderr, not a traceback."""
-    if Path(sys.argv[0]).name in ("lm_eval", "lm-eval", "__main__.py"):
-        raise SystemExit(f"lm_eval --model routed: {err}") from None
-    raise err
 
 
 class RoutedLM(TemplateLM):
@@ -80,14 +72,12 @@ class RoutedLM(TemplateLM):
             model_args.setdefault("device", str(self.accelerator.device))
         # an already built RoutedRuntime (sweeps, benchmarks)
         runtime = model_args.pop("runtime", None)
-        try:
-            self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
-            # lm-eval's --seed rules unless the user set `seed` (model_args or the config file);
-            # a runtime handed in keeps its config's
-            self.own_seed = runtime is not None or "seed" in given_keys(model_args)
-            self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
-        except ConfigError as err:
-            _cli_error(err)
+        # a ConfigError reaches the lm_eval CLI's user as one line (plugin.one_line_config_errors)
+        self.cfg = runtime.cfg if runtime is not None else load_config(model_args)
+        # lm-eval's --seed rules unless the user set `seed` (model_args or the config file);
+        # a runtime handed in keeps its config's
+        self.own_seed = runtime is not None or "seed" in given_keys(model_args)
+        self.runtime: RoutedRuntime = runtime or build_runtime(self.cfg)
         self.tokenizer = self.runtime.tokenizer
         self.backend = "causal"
         self.records: list[dict[str, Any]] = []  # every accounting record this model produced
@@ -96,6 +86,8 @@ class RoutedLM(TemplateLM):
         self._uncached = 0  # this evaluation's responses from lm-eval's cache without records
         self._warned: set[str] = set()  # things said once per model
         self._accounting = Path(self.cfg.accounting_path) if self.cfg.accounting_path else None
+        # written beside each accounting_path record: which configuration (and sweep cell) wrote it
+        self.tags: dict[str, Any] = {"config": self.cfg.label}
 
     @classmethod
     def create_from_arg_string(
@@ -258,6 +250,7 @@ class RoutedLM(TemplateLM):
 
     def _gen_request(self, args: tuple, key: dict) -> GenRequest:
         context, kwargs = args
+        check_gen_kwargs(kwargs)
         unknown = sorted(set(kwargs) - _GEN_KEYS - self._warned)
         if unknown:
             self._warned.update(unknown)
@@ -297,7 +290,7 @@ class RoutedLM(TemplateLM):
         if self._accounting is not None:
             self._accounting.parent.mkdir(parents=True, exist_ok=True)
             with jsonlines.open(self._accounting, mode="a") as out:
-                out.write(recs.flat(record))
+                out.write({**recs.flat(record), **self.tags})
         return record
 
     # -- log-likelihood: the LLM scores, the accounting says so ---------------------------------
@@ -364,6 +357,9 @@ def _batch_size(given: int | str, model_arg: Any) -> int:
         log.info("routed: batch_size=auto -> 8 (set an integer to choose)")
         return 8
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"batch_size={value!r} is not an integer (or 'auto')") from None
+        return int(str(value).strip())  # "2.5" and True are refused, not rounded
+    except ValueError:
+        named = "batch_size=" if model_arg is not None else "--batch_size "
+        raise ConfigError(
+            f"{named}{value!r} is not a whole number of rows; give an integer such as 8 (or auto)"
+        ) from None

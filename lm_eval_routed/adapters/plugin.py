@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -171,6 +172,48 @@ def patch_sample_logging(tracker: ModuleType) -> None:
         return original(self, task_name, samples)
 
     cls.save_results_samples = save
+
+
+def patch_lm_eval_cli(cli: ModuleType) -> None:
+    """Our ConfigErrors (model_args, task data, generation kwargs) end the lm_eval CLI with one line.
+
+    lm-eval >= 0.4.10 runs every subcommand through ``HarnessCLI.execute`` (``lm_eval`` and
+    ``python -m lm_eval`` alike); older releases start at ``lm_eval.__main__.cli_evaluate``.
+    """
+    harness = getattr(cli, "HarnessCLI", None)
+    if harness is not None:
+        harness.execute = one_line_config_errors(harness.execute)
+    elif callable(getattr(cli, "cli_evaluate", None)):
+        cli.cli_evaluate = one_line_config_errors(cli.cli_evaluate)
+
+
+def one_line_config_errors(run: Callable) -> Callable:
+    """``run`` with a ConfigError (raised or chained under another error) printed as one line on
+    stderr and exit status 2, instead of lm-eval's traceback."""
+    if getattr(run, "_one_line_errors", False):
+        return run
+
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        from lm_eval_routed.config import ConfigError
+
+        try:
+            return run(*args, **kwargs)
+        except Exception as err:
+            cause: BaseException | None = err
+            seen: set[int] = set()
+            while (
+                cause is not None and not isinstance(cause, ConfigError) and id(cause) not in seen
+            ):
+                seen.add(id(cause))
+                cause = cause.__cause__ or cause.__context__
+            if not isinstance(cause, ConfigError):
+                raise
+            print(f"lm_eval: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    wrapped._one_line_errors = True  # type: ignore[attr-defined]
+    return wrapped
 
 
 def register_evalplus(provider: ModuleType) -> None:

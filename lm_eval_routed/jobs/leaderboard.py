@@ -64,14 +64,20 @@ def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> li
                 "activated_params_charged": acc.get("activated_params_charged"),
                 "latency_s": acc.get("latency_s"),
                 "modeled_latency_s": acc.get("modeled_latency_s"),
-                "speedup_vs_llm_only": ref["latency_s"] / acc["latency_s"] if ref and acc else None,
-                "modeled_speedup_vs_llm_only": (
-                    ref["modeled_latency_s"] / acc["modeled_latency_s"] if ref and acc else None
-                ),
+                "speedup_vs_llm_only": _speedup(ref, acc, "latency_s"),
+                "modeled_speedup_vs_llm_only": _speedup(ref, acc, "modeled_latency_s"),
                 "n": s["n_samples"],
             }
         )
     return sorted(rows, key=lambda r: (r["task"], r["activated_params"] or 0))
+
+
+def _speedup(ref: dict | None, acc: dict, key: str) -> float | None:
+    """llm-only's ``key`` over this row's; None where either is missing or zero (costs pinned to
+    ``0:0`` model no latency, so there is no speed-up to state)."""
+    if not ref or not acc or not ref.get(key) or not acc.get(key):
+        return None
+    return ref[key] / acc[key]
 
 
 def _fmt(key: str, value: Any) -> str:

@@ -6,6 +6,11 @@ prompt hash, metrics, and the accounting of each of its generations, one per rep
 JSON exists is skipped, so an interrupted sweep picks up where it stopped and never recomputes a
 finished cell; one whose JSON says it ran under other settings (another ``limit``, or another
 configuration under the same label) is refused rather than passed off as this one.
+
+Nothing is lost to a kill: both files are written to a temporary name and renamed into place, the
+summary last, so a cell is either done or absent; a summary that does not parse (written by hand, or
+by a version that wrote in place) is scored again. Records a killed cell left in ``accounting_path``
+carry its ``cell`` tag and are dropped before it runs again, so the file holds each record once.
 """
 
 from __future__ import annotations
@@ -13,13 +18,12 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import jsonlines
 
 from lm_eval_routed.accounting import bare, records_by_sample
 from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
@@ -75,6 +79,7 @@ def run_sweep(
     """Run every (config, task) cell not already on disk; return all cell summaries."""
     cfgs = [load_config({**(base or {}), **c}) for c in configs]
     check_labels(cfgs)
+    check_unique_tasks(tasks)
     cells = [Cell(cfg, t) for cfg in cfgs for t in tasks]
     todo = [c for c in cells if not _done(out, c, limit)]
     if len(todo) < len(cells):
@@ -98,7 +103,15 @@ def _done(out: Path, cell: Cell, limit: int | None) -> bool:
     path = cell_path(out, cell)
     if not path.is_file():
         return False
-    stored = json.loads(path.read_text())
+    stored = _read_summary(path)
+    if stored is None:
+        log.warning(
+            "%s is incomplete or unreadable; scoring %s on %s again",
+            path,
+            cell.cfg.label,
+            cell.task,
+        )
+        return False
     now = {**_config_dict(cell.cfg), "limit": limit}
     # keys a cell written by an older version lacks are not compared
     before = {**stored.get("config", {}), "limit": stored.get("limit", limit)}
@@ -110,6 +123,23 @@ def _done(out: Path, cell: Cell, limit: int | None) -> bool:
             "write to another output folder, delete that cell to score it again, or name= it apart"
         )
     return True
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """A cell's summary, or None when the file is not a whole one."""
+    try:
+        stored = json.loads(path.read_text())
+    except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    whole = isinstance(stored, dict) and {"config", "metrics", "accounting"} <= set(stored)
+    return stored if whole else None
+
+
+def check_unique_tasks(tasks: list[str]) -> None:
+    """Refuse a task listed twice: both would write one cell."""
+    for i, task in enumerate(tasks):
+        if task in tasks[:i]:
+            raise ConfigError(f"task {task!r} is listed twice; list each task once")
 
 
 def check_tasks(tasks: list[str], known: list[str]) -> None:
@@ -125,16 +155,27 @@ def check_tasks(tasks: list[str], known: list[str]) -> None:
 
 
 def check_labels(cfgs: list[RoutedConfig]) -> None:
-    """Refuse two configurations that would share one results folder (and so one cell)."""
+    """Refuse two configurations that would share one results folder (and so one cell), and two
+    that are the same but for their name (the same scores twice)."""
     seen: dict[str, RoutedConfig] = {}
-    for cfg in cfgs:
+    for i, cfg in enumerate(cfgs):
         folder = slug(cfg)
-        if folder in seen and seen[folder] != cfg:
+        if folder in seen and seen[folder] == cfg:
+            raise ConfigError(
+                f"configuration {cfg.label!r} is listed twice; list each configuration once"
+            )
+        if folder in seen:
             raise ConfigError(
                 f"two configurations of this sweep are both labelled {cfg.label!r}; "
                 "give each its own name= so their results do not overwrite each other"
             )
         seen[folder] = cfg
+        twin = next((c for c in cfgs[:i] if c.replace(name=None) == cfg.replace(name=None)), None)
+        if twin is not None:
+            raise ConfigError(
+                f"configurations {twin.label!r} and {cfg.label!r} differ only in their name, so "
+                "they would score the same thing twice; drop one or change a key"
+            )
 
 
 # config keys that decide which weights a runtime holds: cells that agree on them share one load
@@ -158,6 +199,10 @@ def _run_cell(
     from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 
     lm = RoutedLM.from_runtime(runtime)
+    tag = f"{cell.slug}/{cell.task}"
+    lm.tags = {**lm.tags, "cell": tag}
+    if runtime.cfg.accounting_path:  # what an earlier, killed run of this cell left there
+        drop_records(Path(runtime.cfg.accounting_path), tag)
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=[cell.task],
@@ -169,8 +214,8 @@ def _run_cell(
     samples = _join(results["samples"][cell.task], lm.records)
     folder = cell_path(out, cell).parent
     folder.mkdir(parents=True, exist_ok=True)
-    with jsonlines.open(folder / f"{cell.task}.samples.jsonl", mode="w") as fh:
-        fh.write_all(samples)
+    lines = "".join(json.dumps(s, default=str) + "\n" for s in samples)
+    write_atomic(folder / f"{cell.task}.samples.jsonl", lines)
     summary = {
         "label": cell.cfg.label,
         "task": cell.task,
@@ -182,7 +227,47 @@ def _run_cell(
         "run_info": runtime.info()["routed"],
     }
     # the summary is written last: its presence marks the cell as done
-    cell_path(out, cell).write_text(json.dumps(summary, indent=2, default=str))
+    write_atomic(cell_path(out, cell), json.dumps(summary, indent=2, default=str))
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``: a reader (or a run resumed after a kill) sees the old file or the new, never half.
+    What a writer killed before its rename left beside ``path`` is removed."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def drop_records(path: Path, cell: str) -> None:
+    """Remove from an accounting JSONL the records tagged with ``cell`` and a torn last line (a
+    kill mid-write), rewriting it atomically; other lines stay as they are."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # what follows the last newline is a torn line
+    lines = data[:end].splitlines()
+    kept = [line for line in lines if not _tagged(line, cell)]
+    if end < len(data) or len(kept) < len(lines):
+        log.info("%s: dropping the records an interrupted run of %s left", path, cell)
+        write_atomic(path, b"".join(line + b"\n" for line in kept))
+
+
+def _tagged(line: bytes, cell: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("cell") == cell
 
 
 def _join(samples: list[dict], records: list[dict]) -> list[dict]:

@@ -8,6 +8,7 @@ control. ``speculative`` mode is lossless drafting; its router only fixes the dr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,15 +74,23 @@ class Router:
 _REGISTRY: dict[str, Callable[..., Router]] = {}
 # name -> check(cfg): what a router can refuse before any model loads (minutes for a large pair).
 _CHECKS: dict[str, Callable[[Any], object]] = {}
+# name -> the config keys the router reads (its knobs; ``guess_ahead`` for per-token routers, which
+# the decoder zeroes for the others); a router registered without them is unchecked
+_KNOBS: dict[str, tuple[str, ...]] = {}
 
 
 def register_router(
-    name: str, check: Callable[[Any], object] | None = None
+    name: str,
+    check: Callable[[Any], object] | None = None,
+    knobs: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., Router]], Callable[..., Router]]:
     """Decorator: register a router factory ``f(cfg, slm) -> Router`` under ``name``.
 
     ``check(cfg)``, if given, raises ConfigError on what it can see without the models (a
     checkpoint's path, a threshold's range); ``check_router`` runs it before they load.
+    ``knobs`` names the config keys the router reads (``threshold``, ``p``, ... or keys of its own,
+    which ``load_config`` then accepts into ``cfg.extra``); a knob given to a router that does not
+    read it is refused rather than ignored.
     """
 
     def deco(factory: Callable[..., Router]) -> Callable[..., Router]:
@@ -90,9 +99,44 @@ def register_router(
         _REGISTRY[name] = factory
         if check is not None:
             _CHECKS[name] = check
+        if knobs is not None:
+            _KNOBS[name] = tuple(knobs)
         return factory
 
     return deco
+
+
+def knobs_of(name: str) -> tuple[str, ...] | None:
+    """The knobs router ``name`` reads (None: it did not declare them)."""
+    _known(name)
+    return _KNOBS.get(name)
+
+
+def knob_names() -> set[str]:
+    """Every knob some registered router reads."""
+    _load_builtin()
+    return {k for knobs in _KNOBS.values() for k in knobs}
+
+
+def readers_of(knob: str) -> list[str]:
+    """The routers that read ``knob``."""
+    _load_builtin()
+    return sorted(name for name, knobs in _KNOBS.items() if knob in knobs)
+
+
+def _check_knobs(cfg: Any) -> None:
+    """A knob set away from its default on a router that does not read it (configs built in code)."""
+    reads = _KNOBS.get(cfg.router)
+    if reads is None:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key in knob_names() - set(reads):
+        value = getattr(cfg, key, None) if key in defaults else cfg.extra.get(key)
+        if value is not None and value != defaults.get(key):
+            from lm_eval_routed.config import ConfigError
+
+            what = f"reads only {', '.join(reads)}" if reads else "reads no knob"
+            raise ConfigError(f"{key}={value} is not read by router={cfg.router}, which {what}")
 
 
 def router_names() -> list[str]:
@@ -104,6 +148,7 @@ def router_names() -> list[str]:
 def check_router(cfg: Any) -> None:
     """Refuse an unknown router, or what its own check sees, before the models load."""
     _known(cfg.router)
+    _check_knobs(cfg)
     if cfg.router in _CHECKS:
         _CHECKS[cfg.router](cfg)
 

@@ -59,12 +59,24 @@ class CiterRouter(Router):
         return {**super().info(), **self._info}
 
 
-@register_router("citer", check=lambda cfg: checkpoint.check(cfg.router_ckpt, "citer"))
+def _check(cfg: RoutedConfig) -> None:
+    """Refuse a threshold outside [0, 1] and a checkpoint whose files do not make a CITER router."""
+    checkpoint.check_threshold(cfg.threshold, "citer")
+    checkpoint.check(cfg.router_ckpt, "citer", build=lambda c: CiterNet(c["hidden_size"]))
+
+
+@register_router("citer", check=_check, knobs=("router_ckpt", "threshold", "guess_ahead"))
 def _citer(cfg: RoutedConfig, slm) -> Router:
+    checkpoint.check_threshold(cfg.threshold, "citer")
     ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "citer")
     checkpoint.check_fits(ckpt, slm, "citer")
     net = CiterNet(ckpt["hidden_size"])
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ from the config's sizes
+        raise ConfigError(
+            f"{weights} does not fit the CITER router: {err}".split("\n")[0]
+        ) from None
     if missing or unexpected:
         raise ConfigError(f"{weights} does not fit the CITER router: missing {sorted(missing)[:3]}")
     threshold = cfg.threshold if cfg.threshold is not None else ckpt.get("threshold", 0.9)

@@ -175,23 +175,42 @@ class R2RRouter(Router):
 ARCH_KEYS = ("hidden_size", "width", "blocks", "top_k")
 
 
-@register_router("r2r", check=lambda cfg: checkpoint.check(cfg.router_ckpt, "r2r"))
-def _r2r(cfg: RoutedConfig, slm) -> Router:
-    ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")
+# R2R's released files carry the SLM's token embedding, which the router takes from the SLM itself
+_EMBEDDING_KEY = "token_embeddings.weight"
+
+
+def _net_of(ckpt: dict) -> nn.Module:
+    """The network a checkpoint's config describes, weights not loaded."""
     official = ckpt.get("official_model_type")
     if official not in (None, OFFICIAL_TYPE) and "hidden_size" not in ckpt:
         raise ConfigError(
-            f"{weights} holds an R2R {official!r} router; only {OFFICIAL_TYPE} is supported"
+            f"the checkpoint holds an R2R {official!r} router; only {OFFICIAL_TYPE} is supported"
         )
     if "hidden_states_size" in ckpt:  # R2R's released layout
+        return _official_net(ckpt)
+    # our layout (our folders, or an official-style dict holding our key names)
+    return R2RNet(**{k: ckpt[k] for k in ARCH_KEYS if k in ckpt})
+
+
+def _check(cfg: RoutedConfig) -> None:
+    """Refuse a threshold outside [0, 1] and a checkpoint whose files do not make an R2R router."""
+    checkpoint.check_threshold(cfg.threshold, "r2r")
+    checkpoint.check(cfg.router_ckpt, "r2r", build=_net_of, ignore=(_EMBEDDING_KEY,))
+
+
+@register_router("r2r", check=_check, knobs=("router_ckpt", "threshold", "guess_ahead"))
+def _r2r(cfg: RoutedConfig, slm) -> Router:
+    checkpoint.check_threshold(cfg.threshold, "r2r")
+    ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")
+    net = _net_of(ckpt)
+    if "hidden_states_size" in ckpt:
         ckpt = {**ckpt, "hidden_size": ckpt["hidden_states_size"]}
-        state = {k: v for k, v in state.items() if k != "token_embeddings.weight"}
-        checkpoint.check_fits(ckpt, slm, "r2r")
-        net: nn.Module = _official_net(ckpt)
-    else:  # our layout (our folders, or an official-style dict holding our key names)
-        checkpoint.check_fits(ckpt, slm, "r2r")
-        net = R2RNet(**{k: ckpt[k] for k in ARCH_KEYS if k in ckpt})
-    missing, unexpected = net.load_state_dict(state, strict=False)
+        state = {k: v for k, v in state.items() if k != _EMBEDDING_KEY}
+    checkpoint.check_fits(ckpt, slm, "r2r")
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ from the config's sizes
+        raise ConfigError(f"{weights} does not fit the R2R router: {err}".split("\n")[0]) from None
     if missing or unexpected:
         raise ConfigError(
             f"{weights} does not fit the R2R router: missing {sorted(missing)[:3]}, "

@@ -42,16 +42,16 @@ class Random(Router):
         return {**super().info(), "p": self.p}
 
 
-@register_router("slm-only")
+@register_router("slm-only", knobs=("guess_ahead",))
 def _slm_only(cfg: RoutedConfig, slm) -> Router:
     return Constant("slm-only", to_llm=False)
 
 
-@register_router("llm-only")
+@register_router("llm-only", knobs=("guess_ahead",))
 def _llm_only(cfg: RoutedConfig, slm) -> Router:
     return Constant("llm-only", to_llm=True)
 
 
-@register_router("random")
+@register_router("random", knobs=("p", "guess_ahead"))
 def _random(cfg: RoutedConfig, slm) -> Router:
     return Random(cfg.p)

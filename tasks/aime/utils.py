@@ -15,12 +15,24 @@ from lm_eval_routed.evals.task_data import load_rows
 PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
 
+COLUMNS = (("problem", "Problem"), ("answer", "Answer"))
+
+
+def _check_row(doc: dict) -> None:
+    if not isinstance(_field(doc, "problem"), str):
+        raise ValueError(f"field 'problem' is a {type(_field(doc, 'problem')).__name__}, not text")
+
+
 def load_aime24(**kwargs):
-    return load_rows("aime24", "HuggingFaceH4/aime_2024", split="train")
+    return load_rows(
+        "aime24", "HuggingFaceH4/aime_2024", split="train", columns=COLUMNS, check_row=_check_row
+    )
 
 
 def load_aime25(**kwargs):
-    return load_rows("aime25", "math-ai/aime25", split="test")
+    return load_rows(
+        "aime25", "math-ai/aime25", split="test", columns=COLUMNS, check_row=_check_row
+    )
 
 
 def _field(doc: dict, name: str):

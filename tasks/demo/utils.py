@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import datasets
+
+from lm_eval_routed.evals.task_data import load_jsonl
 
 # three fixed worked examples per kind, none of them among the questions
 SHOTS = {
@@ -18,11 +19,15 @@ TEMPLATES = {
 }
 
 
+def _check_row(doc: dict) -> None:
+    if doc["kind"] not in TEMPLATES:
+        raise ValueError(f"field 'kind' is {doc['kind']!r}; use one of: {', '.join(TEMPLATES)}")
+
+
 def load_demo(**kwargs) -> dict[str, datasets.Dataset]:
     """The committed demo.jsonl as a one-split dataset (no hub, no path relative to the CWD)."""
     path = Path(__file__).with_name("demo.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {"test": datasets.Dataset.from_list(rows)}
+    return load_jsonl(path, columns=("kind", "question", "answer"), check_row=_check_row)
 
 
 def doc_to_text(doc: dict) -> str:

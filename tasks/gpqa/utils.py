@@ -21,9 +21,30 @@ PROMPT = (
 )
 
 
+TEXT_FIELDS = (
+    "Question",
+    "Correct Answer",
+    "Incorrect Answer 1",
+    "Incorrect Answer 2",
+    "Incorrect Answer 3",
+)
+
+
+def _check_row(doc: dict) -> None:
+    for name in TEXT_FIELDS:
+        if not isinstance(doc.get(name), str) or not doc[name].strip():
+            raise ValueError(f"field {name!r} must be non-empty text, not {doc.get(name)!r}")
+
+
 def load_gpqa_diamond(**kwargs):
     return load_rows(
-        "gpqa_diamond", "Idavidrein/gpqa", split="train", config="gpqa_diamond", gated=True
+        "gpqa_diamond",
+        "Idavidrein/gpqa",
+        split="train",
+        config="gpqa_diamond",
+        gated=True,
+        columns=TEXT_FIELDS,
+        check_row=_check_row,
     )
 
 

@@ -6,7 +6,13 @@ import json
 import os
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.evals.livecodebench import build_prompt, evaluate_many, in_window
+from lm_eval_routed.evals.livecodebench import (
+    build_prompt,
+    decode_tests,
+    evaluate_many,
+    func_name,
+    in_window,
+)
 from lm_eval_routed.evals.sandbox import Limits
 from lm_eval_routed.evals.scoring import (  # noqa: F401  (aggregations named in the YAML)
     mean_over_repeats,
@@ -26,7 +32,19 @@ def load_livecodebench(
     **kwargs,
 ):
     """The release's problems whose contest_date lies in [start_date, end_date] (ISO days)."""
-    data = load_rows("livecodebench", HUB_ID, split="test", config=release_version)["test"]
+
+    def check(row: dict) -> None:
+        if in_window(row, start_date, end_date):
+            check_problem(row)
+
+    data = load_rows(
+        "livecodebench",
+        HUB_ID,
+        split="test",
+        config=release_version,
+        columns=("question_content",),
+        check_row=check,
+    )["test"]
     kept = data.filter(lambda row: in_window(row, start_date, end_date))
     if len(kept) == 0:
         raise ConfigError(
@@ -35,6 +53,32 @@ def load_livecodebench(
             '\'{"start_date": "2023-05-01", "end_date": "2025-12-31"}\''
         )
     return {"test": kept}
+
+
+def check_problem(row: dict) -> None:
+    """A problem the sandbox can score: its tests decode, it has at least one, and functional tests
+    name the function to call. Raises ValueError naming the field."""
+    tests = []
+    for field in ("public_test_cases", "private_test_cases"):
+        try:
+            tests += decode_tests(row.get(field))
+        except Exception as err:  # noqa: BLE001  (json, base64, zlib, pickle and key errors alike)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(
+                f"field {field!r} does not decode to tests ({type(err).__name__}: {first}); "
+                "restore it from the dataset"
+            ) from None
+    if not tests:
+        raise ValueError(
+            "the problem has no tests (public_test_cases and private_test_cases are empty), so "
+            "no answer could pass; drop it"
+        )
+    try:
+        name = func_name(row)
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"field 'metadata' is not a JSON object ({err})") from None
+    if any(t.testtype == "functional" for t in tests) and not name:
+        raise ValueError("field 'metadata' names no func_name, which functional tests call")
 
 
 def doc_to_text(doc: dict) -> str:

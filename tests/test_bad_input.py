@@ -1,0 +1,601 @@
+"""Bad input, as a careless user gives it: every mistake is one line naming what is wrong and the fix,
+raised before any model loads where it can be seen without one, never a traceback or a silent default."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import char_tokenizer, tiny_llama, write_workspace
+from lm_eval.api.instance import Instance
+
+from lm_eval_routed import runtime
+from lm_eval_routed.adapters.lm_eval_model import RoutedLM
+from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
+from lm_eval_routed.paths import router_ckpts_dir
+
+
+def one_line(err: pytest.ExceptionInfo, needle: str) -> str:
+    text = str(err.value)
+    assert needle in text, text
+    assert "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if any model's weights are loaded."""
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the mistake was refused")
+
+    monkeypatch.setattr(runtime, "load_model", refuse)
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The refs ``build_runtime`` loads, in order (the real loader still runs)."""
+    seen: list[str] = []
+    real = runtime.load_model
+
+    def record(ref, *a, **k):
+        seen.append(ref)
+        return real(ref, *a, **k)
+
+    monkeypatch.setattr(runtime, "load_model", record)
+    return seen
+
+
+# -- model_args ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ({"threshold": ""}, "threshold= is empty; give it a value or leave threshold out"),
+        ({"name": " "}, "name= is empty"),
+        ({"router": "entropy", "threshold": "nan"}, "threshold='nan' is not a finite number"),
+        ({"router": "entropy-token", "threshold": "inf"}, "threshold='inf' is not a finite"),
+        ({"router": "entropy", "threshold": float("nan")}, "threshold=nan is not a finite"),
+        ({"router": "random", "p": "nan"}, "p='nan' is not a finite number"),
+        ({"cost_llm": "nan:nan"}, "cost_llm='nan:nan': both seconds must be finite numbers"),
+        ({"cost_slm": "0.1:inf"}, "cost_slm='0.1:inf': both seconds must be finite"),
+        ({"cost_router": "-inf"}, "cost_router='-inf' is not a finite number"),
+        ({"device": "cuda:abc"}, "device='cuda:abc' is not supported; use auto, cpu, cuda[:N]"),
+        ({"device": "cuda:"}, "device='cuda:' is not supported"),
+        ({"device": "cpu:0:1"}, "device='cpu:0:1' is not supported"),
+        ({"device": "cudaX"}, "device='cudaX' is not supported"),
+        ({"max_length": "0"}, "max_length=0 must be at least 2"),
+        ({"max_length": "-8"}, "max_length=-8 must be at least 2"),
+        ({"max_length": "1"}, "max_length=1 must be at least 2"),
+        ({"batch_size": "abc"}, "batch_size='abc' is not a valid int"),
+        ({"batch_size": "2.5"}, "batch_size='2.5' is not a valid int"),
+        ({"max_gen_toks": "-1"}, "max_gen_toks=-1 must be a positive integer"),
+        ({"router": "speculative", "gamma": "0"}, "gamma=0 must be a positive integer"),
+        ({"router": "llm-only", "llm_lookahead": "maybe"}, "llm_lookahead='maybe' is not a valid"),
+        ({"router_hidden": "64"}, "unknown key 'router_hidden'"),
+        ({"router_device": "cpu"}, "unknown key 'router_device'"),
+    ],
+)
+def test_bad_model_args_are_one_line(args, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(args)
+    one_line(err, needle)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            {"router": "random", "threshold": "0.5"},
+            "threshold=0.5 is not read by router=random, which reads only p, guess_ahead; drop "
+            "threshold or choose a router that reads it (citer, entropy, entropy-token, r2r)",
+        ),
+        (
+            {"router": "llm-only", "p": "0.2"},
+            "p=0.2 is not read by router=llm-only, which reads only guess_ahead",
+        ),
+        ({"router": "slm-only", "threshold": "0.1"}, "not read by router=slm-only"),
+        (
+            {"router": "entropy", "gamma": "8"},
+            "gamma=8 is not read by router=entropy, which reads ",
+        ),
+        ({"router": "entropy", "p": "0.3"}, "p=0.3 is not read by router=entropy"),
+        ({"router": "entropy", "guess_ahead": "4"}, "guess_ahead=4 is not read by router=entropy"),
+        ({"router": "speculative", "guess_ahead": "2"}, "reads only gamma"),
+        ({"router": "speculative", "threshold": "0.3"}, "reads only gamma"),
+        ({"router": "entropy", "router_ckpt": "demo-r2r"}, "router_ckpt=demo-r2r is not read"),
+        ({"router": "citer", "router_ckpt": "demo-citer", "gamma": "2"}, "reads only router_ckpt"),
+    ],
+)
+def test_a_knob_the_router_does_not_read_is_refused(args, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(args)
+    one_line(err, needle)
+
+
+def test_knobs_the_router_reads_pass_and_none_means_default():
+    assert load_config({"router": "random", "p": "0.3"}).p == 0.3
+    assert load_config({"router": "entropy", "threshold": "0.2"}).threshold == 0.2
+    assert load_config({"router": "random", "threshold": "none"}).threshold is None
+    assert load_config({"router": "speculative", "gamma": "2"}).gamma == 2
+    # a knob at its default changes nothing, so nothing is ignored: accepted
+    assert load_config({"router": "entropy", "p": "0.1", "guess_ahead": "0"}).router == "entropy"
+
+
+def test_a_preset_knob_is_dropped_when_another_router_is_chosen():
+    # config=r2r sets threshold 0.406 for router r2r; a baseline on the same pair does not read it
+    cfg = load_config({"config": "r2r", "router": "llm-only"})
+    assert (cfg.router, cfg.threshold, cfg.label) == ("llm-only", None, "llm-only")
+    assert load_config({"config": "rstitch"}).threshold == 0.1  # its own router keeps it
+
+
+def test_a_config_built_in_code_with_an_unread_knob_is_refused_before_loading(no_loading):
+    for cfg, needle in (
+        (
+            RoutedConfig(router="random", threshold=0.5),
+            "threshold=0.5 is not read by router=random",
+        ),
+        (RoutedConfig(router="entropy", p=0.3), "p=0.3 is not read by router=entropy"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            runtime.build_runtime(cfg)
+        one_line(err, needle)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("router: entropy\nthreshold: [0.1\n", "is not valid YAML at line 3"),
+        ("router: entropy\n  threshold: 0.1\n", "is not valid YAML at line 2"),
+        ("router: 'entropy\n", "is not valid YAML"),
+        ("- router\n- entropy\n", "must hold a mapping of keys to values"),
+        ("router: random\np: .nan\n", "p=nan is not a finite number"),
+        ("router: random\nthreshold: 0.3\n", None),  # a file's unread knob is dropped, not refused
+    ],
+)
+def test_config_file_mistakes_are_one_line(tmp_path, text, needle):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    if needle is None:
+        assert load_config({"config": str(path)}).threshold is None
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config({"config": str(path)})
+    one_line(err, needle)
+
+
+def test_a_config_path_that_is_a_folder_or_not_text(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00router")
+    with pytest.raises(ConfigError) as err:
+        load_config({"config": str(tmp_path / "bin.yaml")})
+    one_line(err, "bin.yaml")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            {"router": "citer", "router_ckpt": "demo-citer", "threshold": "1.5"},
+            "out of range for router=citer",
+        ),
+        ({"router": "citer", "router_ckpt": "demo-citer", "threshold": "-0.1"}, "between 0 and 1"),
+        (
+            {"router": "r2r", "router_ckpt": "demo-r2r", "threshold": "2"},
+            "out of range for router=r2r",
+        ),
+        ({"router": "entropy", "threshold": "1.5"}, "out of range for router=entropy"),
+        ({"router": "entropy-token", "threshold": "-1"}, "must be >= 0 for router=entropy-token"),
+    ],
+)
+def test_threshold_ranges_are_refused_before_loading(no_loading, args, needle):
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(load_config(args))
+    one_line(err, needle)
+
+
+def test_a_cuda_device_that_is_not_there():
+    from lm_eval_routed.models import resolve_device
+
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda:99")
+    needle = "only" if torch.cuda.is_available() else "no CUDA device is visible"
+    one_line(err, needle)
+
+
+# -- router checkpoint files ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A writable copy of a shipped router checkpoint folder: ``ckpt(kind) -> folder``."""
+
+    def copy(kind: str):
+        folder = tmp_path / f"my-{kind}"
+        shutil.copytree(router_ckpts_dir() / f"demo-{kind}", folder)
+        return folder
+
+    return copy
+
+
+def _edit_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    for key, value in changes.items():
+        if value is None:
+            del cfg[key]
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("kind", ["citer", "r2r"])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("truncate", "model.safetensors is not a readable safetensors file"),
+        ("garbage", "model.safetensors is not a readable safetensors file"),
+        ("empty", "model.safetensors is not a readable safetensors file"),
+        ("json_syntax", "config.json is not valid JSON (line 1"),
+        ("json_list", "config.json must hold a JSON object"),
+        ("no_kind", "records no router kind"),
+        ("hidden_text", "hidden_size='abc' must be a positive integer"),
+        ("hidden_wrong", "but the config's sizes need"),
+        ("hidden_missing", "its sizes do not make a"),
+        ("threshold_out", "threshold=7 must be a number between 0 and 1"),
+        ("threshold_text", "threshold='high' must be a number between 0 and 1"),
+        ("vocab_text", "vocab_size=-3 must be a positive integer"),
+    ],
+)
+def test_damaged_router_files_are_refused_before_loading(ckpt, no_loading, kind, damage, needle):
+    folder = ckpt(kind)
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a tensor file at all" * 40)
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "json_syntax":
+        (folder / "config.json").write_text('{"kind": "' + kind + '", "hidden_size": 576,,}')
+    elif damage == "json_list":
+        (folder / "config.json").write_text("[1, 2]")
+    elif damage == "no_kind":
+        _edit_config(folder, kind=None)
+    elif damage == "hidden_text":
+        _edit_config(folder, hidden_size="abc")
+    elif damage == "hidden_wrong":
+        _edit_config(folder, hidden_size=64)
+    elif damage == "hidden_missing":
+        _edit_config(folder, hidden_size=None)
+    elif damage == "threshold_out":
+        _edit_config(folder, threshold=7)
+    elif damage == "threshold_text":
+        _edit_config(folder, threshold="high")
+    elif damage == "vocab_text":
+        _edit_config(folder, vocab_size=-3)
+    cfg = load_config({"router": kind, "router_ckpt": str(folder)})
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(cfg)
+    one_line(err, needle)
+
+
+def test_an_official_r2r_file_that_is_not_a_torch_checkpoint(tmp_path, no_loading):
+    (tmp_path / "router.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    cfg = load_config({"router": "r2r", "router_ckpt": str(tmp_path / "router.pt")})
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(cfg)
+    one_line(err, "is not a weights-only torch checkpoint")
+
+
+def test_an_official_r2r_file_is_checked_against_its_init_args(tmp_path, no_loading):
+    from lm_eval_routed.routers.base import check_router
+    from lm_eval_routed.routers.r2r import OFFICIAL_TYPE, OfficialR2RNet
+
+    init = {"hidden_states_size": 64, "logits_size": 10, "hidden_dims": [16, 32, 16]}
+    state = OfficialR2RNet(**init).state_dict()
+
+    def saved(init_args: dict, tensors: dict):
+        ckpt = {"model_type": OFFICIAL_TYPE, "init_args": init_args, "state_dict": tensors}
+        torch.save({**ckpt, "common_args": {"threshold": 0.3}}, tmp_path / "r.pt")
+        return load_config({"router": "r2r", "router_ckpt": str(tmp_path / "r.pt")})
+
+    check_router(saved(init, {**state, "token_embeddings.weight": torch.zeros(98, 64)}))  # fits
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(saved({**init, "logits_size": 12}, state))
+    one_line(err, "tensor logits_projection.weight has shape [64, 10] but the config's sizes need")
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(saved({**init, "hidden_states_size": "wide"}, state))
+    one_line(err, "hidden_states_size='wide' must be a positive integer")
+
+
+# -- model files and vocabularies -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return write_workspace(tmp_path_factory.mktemp("bad_input"))
+
+
+def _pair_args(slm, llm) -> dict:
+    return {"slm": str(slm), "llm": str(llm), "cost_slm": "0:0", "cost_llm": "0:0"}
+
+
+@pytest.mark.parametrize("role", ["slm", "llm"])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("truncate", "model.safetensors is not a readable safetensors file"),
+        ("garbage", "model.safetensors is not a readable safetensors file"),
+        ("config_json", "config.json is not valid JSON"),
+    ],
+)
+def test_a_damaged_model_folder_is_refused_before_any_weight_loads(
+    workspace, tmp_path, no_loading, role, damage, needle
+):
+    bad = tmp_path / role
+    shutil.copytree(workspace / role, bad)
+    weights = bad / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+    else:
+        (bad / "config.json").write_text('{"model_type": "llama",')
+    pair = {"slm": workspace / "slm", "llm": workspace / "llm", role: bad}
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(load_config(_pair_args(pair["slm"], pair["llm"])))
+    one_line(err, needle)
+
+
+def test_a_damaged_model_file_loaded_directly_is_one_line(workspace, tmp_path):
+    from lm_eval_routed.models import load_model
+
+    bad = tmp_path / "m"
+    shutil.copytree(workspace / "slm", bad)
+    (bad / "model.safetensors").write_bytes(b"{}")
+    with pytest.raises(ConfigError) as err:
+        load_model(str(bad), torch.float32, torch.device("cpu"))
+    one_line(err, "is not a readable safetensors file")
+
+
+@pytest.mark.parametrize(
+    "content", [b"GGUF\x03\x00\x00\x00cut short", b"not a gguf file at all, just text" * 4]
+)
+def test_a_damaged_gguf_file_is_one_line(tmp_path, content):
+    from lm_eval_routed.models import load_model
+
+    (tmp_path / "m.gguf").write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_model(str(tmp_path / "m.gguf"), torch.float32, torch.device("cpu"))
+    one_line(err, "cannot load model")
+
+
+def _saved(folder, vocab: int):
+    tiny_llama(1, seed=5, vocab=vocab).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_an_slm_whose_embedding_is_smaller_than_the_tokenizer(workspace, tmp_path, loads):
+    small = _saved(tmp_path / "small", vocab=90)  # the tokenizer has 98 ids
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(load_config(_pair_args(small, workspace / "llm")))
+    one_line(err, "slm=")
+    one_line(err, "has 90 embedding rows but the shared tokenizer has 98 token ids")
+    assert loads == [str(small)]  # refused before the LLM loads
+
+
+def test_an_llm_whose_vocabulary_is_smaller_is_refused_before_it_loads(workspace, tmp_path, loads):
+    small = _saved(tmp_path / "small", vocab=97)
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(load_config(_pair_args(workspace / "slm", small)))
+    one_line(err, "has a vocabulary of 97 but the shared tokenizer has 98 token ids")
+    assert loads == [str(workspace / "slm")]
+
+
+def test_models_handed_in_are_checked_against_the_tokenizer(pair, tokenizer):
+    cfg = load_config({"cost_slm": "0:0", "cost_llm": "0:0"})
+    with pytest.raises(ConfigError) as err:
+        runtime.build_runtime(
+            cfg, slm=tiny_llama(1, seed=3, vocab=50), llm=pair[1], tokenizer=tokenizer
+        )
+    one_line(err, "has 50 embedding rows")
+    larger = tiny_llama(1, seed=3, vocab=128)  # padded embeddings (Qwen-style) are fine
+    assert runtime.build_runtime(cfg, slm=larger, llm=pair[1], tokenizer=tokenizer).slm is larger
+
+
+# -- generation kwargs (lm-eval's --gen_kwargs and the task's generation_kwargs) -------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (
+            {"max_gen_toks": -1},
+            "max_gen_toks=-1 (from --gen_kwargs or the task's generation_kwargs) must be at least 1",
+        ),
+        ({"max_gen_toks": 0}, "max_gen_toks=0"),
+        ({"max_gen_toks": -1.0}, "max_gen_toks=-1 (from --gen_kwargs"),  # as lm-eval parses it
+        (
+            {"max_gen_toks": 2.5},
+            "max_gen_toks=2.5 (from --gen_kwargs or the task's generation_kwargs) must be a whole number",
+        ),
+        ({"max_gen_toks": "abc"}, "max_gen_toks='abc'"),
+        ({"max_gen_toks": True}, "max_gen_toks=True"),
+        ({"max_gen_toks": math.inf}, "max_gen_toks=inf"),
+        ({"temperature": -0.5}, "temperature=-0.5"),
+        ({"temperature": math.nan}, "temperature=nan"),
+        ({"top_p": 0}, "top_p=0"),
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"until": 5}, "until=5"),
+        ({"until": ["\n", 3]}, "must be a string or a list of strings"),
+    ],
+)
+def test_bad_generation_kwargs_stop_before_any_generation(
+    pair, tokenizer, monkeypatch, kwargs, needle
+):
+    cfg = load_config({"cost_slm": "0:0", "cost_llm": "0:0"})
+    lm = RoutedLM.from_runtime(
+        runtime.build_runtime(cfg, slm=pair[0], llm=pair[1], tokenizer=tokenizer)
+    )
+    monkeypatch.setattr(lm.runtime, "generate", lambda *a, **k: pytest.fail("generated"))
+    good = Instance("generate_until", {}, ("Q: 1+1\nA:", {"max_gen_toks": 4}), 0, ("t", 0, 1))
+    bad = Instance("generate_until", {}, ("Q: 2+2\nA:", kwargs), 0, ("t", 1, 1))
+    with pytest.raises(ConfigError) as err:
+        lm.generate_until([good, bad], disable_tqdm=True)
+    one_line(err, needle)
+
+
+def test_a_budget_that_leaves_no_room_for_the_prompt_stops_before_generation(
+    pair, tokenizer, monkeypatch
+):
+    cfg = load_config(
+        {"max_length": "16", "max_gen_toks": "8", "cost_slm": "0:0", "cost_llm": "0:0"}
+    )
+    lm = RoutedLM.from_runtime(
+        runtime.build_runtime(cfg, slm=pair[0], llm=pair[1], tokenizer=tokenizer)
+    )
+    monkeypatch.setattr(lm.runtime, "generate", lambda *a, **k: pytest.fail("generated"))
+    req = Instance("generate_until", {}, ("Q: 1+1\nA:", {"max_gen_toks": 16}), 0, ("t", 0, 1))
+    with pytest.raises(ConfigError) as err:
+        lm.generate_until([req], disable_tqdm=True)
+    one_line(err, "max_gen_toks=16 leaves no room for a prompt in max_length=16")
+
+
+@pytest.mark.parametrize(
+    "given,model_arg,needle",
+    [
+        ("abc", None, "--batch_size 'abc' is not a whole number of rows"),
+        ("2.5", None, "--batch_size '2.5'"),
+        (1, "x", "batch_size='x' is not a whole number of rows"),
+    ],
+)
+def test_lm_eval_batch_size_flag(given, model_arg, needle):
+    from lm_eval_routed.adapters.lm_eval_model import _batch_size
+
+    with pytest.raises(ConfigError) as err:
+        _batch_size(given, model_arg)
+    one_line(err, needle)
+
+
+# -- how a ConfigError reaches the user of the lm_eval CLI ------------------------------------------
+
+
+def test_the_lm_eval_cli_wrapper_prints_one_line_and_exits_2(capsys):
+    from lm_eval_routed.adapters.plugin import one_line_config_errors
+
+    def task_build():
+        try:
+            raise ConfigError("data.jsonl line 3: field 'answer' is missing or null")
+        except ConfigError as err:  # lm-eval re-raising our error as another type
+            raise RuntimeError("task failed to build") from err
+
+    with pytest.raises(SystemExit) as done:
+        one_line_config_errors(task_build)()
+    assert done.value.code == 2
+    assert (
+        capsys.readouterr().err == "lm_eval: data.jsonl line 3: field 'answer' is missing or null\n"
+    )
+    with pytest.raises(KeyError):  # anything else keeps its traceback
+        one_line_config_errors(lambda: {}["x"])()
+
+
+def test_lm_evals_cli_is_wrapped_once_imported():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from lm_eval._cli.harness import HarnessCLI\n"
+            "print(getattr(HarnessCLI.execute, '_one_line_errors', False))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def _lm_eval(*args, env=None, cwd=None):
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "lm_eval", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def _assert_one_line(out, needle):
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("lm_eval: ")]
+    assert len(lines) == 1 and needle in lines[0], out.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (
+            ["--model_args", "router=random,threshold=0.5"],
+            "threshold=0.5 is not read by router=random",
+        ),
+        (
+            ["--model_args", "router=entropy", "--batch_size", "abc"],
+            "--batch_size 'abc' is not a whole",
+        ),
+    ],
+)
+def test_lm_eval_cli_model_args_mistakes_are_one_line(extra, needle):
+    _assert_one_line(_lm_eval("--model", "routed", "--tasks", "routed_demo", *extra), needle)
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_task_data_and_gen_kwargs_mistakes_are_one_line(workspace, tmp_path):
+    model = f"slm={workspace / 'slm'},llm={workspace / 'llm'},cost_slm=0:0,cost_llm=0:0"
+    (tmp_path / "aime24.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n["1+2", "3"]\n')
+    out = _lm_eval(
+        "--model",
+        "routed",
+        "--model_args",
+        model,
+        "--tasks",
+        "routed_aime24",
+        "--limit",
+        "1",
+        env={"ROUTED_TASKS_DATA": str(tmp_path)},
+    )
+    _assert_one_line(out, f"{tmp_path / 'aime24.jsonl'} line 2 is a JSON list, not an object")
+    out = _lm_eval(
+        "--model",
+        "routed",
+        "--model_args",
+        model,
+        "--tasks",
+        "tiny_routed",
+        "--limit",
+        "1",
+        "--include_path",
+        str(workspace / "tasks"),
+        "--gen_kwargs",
+        "max_gen_toks=-1",
+    )
+    _assert_one_line(out, "max_gen_toks=-1 (from --gen_kwargs")
+
+
+def test_evalplus_refuses_a_budget_without_room_before_loading(monkeypatch, no_loading):
+    import evalplus.provider  # noqa: F401  (registers `routed` first, as EvalPlus's CLI does)
+
+    from lm_eval_routed.adapters.evalplus_backend import RoutedDecoder
+
+    monkeypatch.setenv("ROUTED_MODEL_ARGS", "max_length=100")  # demo's max_gen_toks is 256
+    with pytest.raises(ConfigError) as err:
+        RoutedDecoder(name="demo", dataset="humaneval")
+    one_line(err, "max_length=100 leaves no room for a prompt beside max_gen_toks=256")

@@ -1,0 +1,187 @@
+"""Task data under ROUTED_TASKS_DATA: every bad file is one line naming the file, the line and the
+field, raised while the task builds (before a model generates anything), never a traceback or a row
+quietly scored 0."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import zlib
+
+import pytest
+
+from lm_eval_routed.config import ConfigError
+from lm_eval_routed.evals.task_data import load_jsonl
+from lm_eval_routed.paths import tasks_dir
+
+
+def task_utils(name: str):
+    path = tasks_dir() / name / "utils.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_task_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+AIME = {"problem": "What is 20 + 22?", "answer": "42"}
+GPQA = {
+    "Question": "Which one?",
+    "Correct Answer": "right",
+    "Incorrect Answer 1": "w1",
+    "Incorrect Answer 2": "w2",
+    "Incorrect Answer 3": "w3",
+}
+LCB = {
+    "question_content": "Print the sum of two integers.",
+    "question_id": "q1",
+    "contest_date": "2024-09-01T00:00:00",
+    "starter_code": "",
+    "public_test_cases": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+    "private_test_cases": "[]",
+    "metadata": "{}",
+}
+LOADERS = {
+    "aime24": ("aime", "load_aime24"),
+    "aime25": ("aime", "load_aime25"),
+    "gpqa_diamond": ("gpqa", "load_gpqa_diamond"),
+    "livecodebench": ("livecodebench", "load_livecodebench"),
+}
+
+
+def write(folder, name: str, lines: list) -> str:
+    """Write ``lines`` (dicts as JSON, strings verbatim) to ``folder/name.jsonl``; return its path."""
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
+    return str(path)
+
+
+def refused(monkeypatch, folder, name: str) -> str:
+    monkeypatch.setenv("ROUTED_TASKS_DATA", str(folder))
+    task, loader = LOADERS[name]
+    with pytest.raises(ConfigError) as err:
+        getattr(task_utils(task), loader)()
+    text = str(err.value)
+    assert "\n" not in text, text
+    return text
+
+
+def _lcb(**changes):
+    row = {**LCB, **changes}
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _packed(data: bytes) -> str:
+    """A private-test blob the hub's way: base64(zlib(...)), here around bytes that are not tests."""
+    return base64.b64encode(zlib.compress(data)).decode()
+
+
+@pytest.mark.parametrize(
+    "name,lines,needle",
+    [
+        ("aime24", [AIME, '{"problem": "1+1", "answer": '], "line 2 is not valid JSON"),
+        ("aime24", [AIME, "[1, 2]"], "line 2 is a JSON list, not an object"),
+        ("aime25", ['"just text"'], "line 1 is a JSON str, not an object"),
+        ("aime24", [], "holds no rows; write one JSON object per line"),
+        ("aime24", ["", "   "], "holds no rows"),
+        ("aime24", [AIME, {"problem": "1+1"}], "line 2: field 'answer' or 'Answer' is missing"),
+        ("aime24", [AIME, {"problem": "1+1", "answer": None}], "line 2: field 'answer' or"),
+        ("aime24", [{"question": "1+1", "answer": "2"}], "line 1: field 'problem' or 'Problem'"),
+        ("aime24", [AIME, {"Problem": "x", "answer": "2"}], "line 2: field 'Problem' is spelled"),
+        ("aime24", [AIME, {**AIME, "hint": "x"}], "line 2: field 'hint' is not on line 1"),
+        ("aime24", [AIME, {"problem": 7, "answer": "2"}], "line 2: field 'problem' is a int"),
+        (
+            "aime24",
+            [AIME, {**AIME, "answer": ["42"]}],
+            "line 2: field 'answer' is a list but a str",
+        ),
+        ("aime24", [AIME, {**AIME, "answer": 4}], "line 2: field 'answer' is a number but a str"),
+        ("gpqa_diamond", [GPQA, {**GPQA, "Correct Answer": None}], "field 'Correct Answer' is"),
+        ("gpqa_diamond", [{k: v for k, v in GPQA.items() if k != "Correct Answer"}], "'Correct An"),
+        ("gpqa_diamond", [GPQA, {**GPQA, "Correct Answer": " "}], "must be non-empty text"),
+        (
+            "gpqa_diamond",
+            [GPQA, {**{k: v for k, v in GPQA.items() if k != "Question"}, "question": "?"}],
+            "line 2: field 'question' is spelled 'Question' on line 1",
+        ),
+        ("livecodebench", [_lcb(question_content=None)], "field 'question_content' is missing"),
+        ("livecodebench", [_lcb(private_test_cases=_packed(b"not a pickle"))], "'private_test"),
+        ("livecodebench", [_lcb(private_test_cases=_packed(b"\x80\x04N."))], "something other"),
+        ("livecodebench", [_lcb(private_test_cases="eJzLSM3JyQcABiwCFQ")], "does not decode"),
+        ("livecodebench", [_lcb(private_test_cases="%%% not base64")], "does not decode to tests"),
+        ("livecodebench", [_lcb(public_test_cases='[{"input": "1"}]')], "'public_test_cases' does"),
+        ("livecodebench", [_lcb(public_test_cases="[]")], "the problem has no tests"),
+        (
+            "livecodebench",
+            [
+                _lcb(
+                    public_test_cases=json.dumps(
+                        [{"input": "1", "output": "2", "testtype": "functional"}]
+                    )
+                )
+            ],
+            "field 'metadata' names no func_name",
+        ),
+        ("livecodebench", [_lcb(metadata="{oops")], "field 'metadata' is not a JSON object"),
+    ],
+)
+def test_bad_task_data_is_one_line_naming_file_line_and_field(
+    tmp_path, monkeypatch, name, lines, needle
+):
+    path = write(tmp_path, name, lines)
+    text = refused(monkeypatch, tmp_path, name)
+    assert needle in text and path in text, text
+
+
+def test_a_missing_file_and_a_file_that_is_not_utf8(tmp_path, monkeypatch):
+    assert "aime24.jsonl is not there" in refused(monkeypatch, tmp_path, "aime24")
+    (tmp_path / "aime24.jsonl").write_bytes(b'{"problem": "\xff", "answer": "1"}\n')
+    assert "is not UTF-8 text" in refused(monkeypatch, tmp_path, "aime24")
+
+
+def test_livecodebench_checks_only_problems_in_the_window(tmp_path, monkeypatch):
+    # a broken problem outside the contest window is never scored, so it does not stop the task
+    old = _lcb(question_id="q0", contest_date="2023-01-01", private_test_cases="%%%")
+    write(tmp_path, "livecodebench", [old, LCB])
+    monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
+    docs = list(task_utils("livecodebench").load_livecodebench()["test"])
+    assert [d["question_id"] for d in docs] == ["q1"]
+
+
+def test_good_files_load_with_every_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
+    write(tmp_path, "aime24", ["", {**AIME, "answer": 42}, {"problem": "2+2", "answer": 4.5}, ""])
+    rows = list(task_utils("aime").load_aime24()["test"])
+    assert [r["problem"] for r in rows] == ["What is 20 + 22?", "2+2"]
+    write(tmp_path, "gpqa_diamond", [GPQA, GPQA])
+    assert len(task_utils("gpqa").load_gpqa_diamond()["test"]) == 2
+
+
+def test_the_committed_demo_data_passes_its_own_checks():
+    rows = load_jsonl(tasks_dir() / "demo" / "demo.jsonl", columns=("kind", "question", "answer"))
+    assert len(rows["test"]) == 60
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [({"id": 99, "kind": "riddle", "question": "q", "answer": "a"}, "'kind' is 'riddle'")],
+)
+def test_demo_rows_are_checked(tmp_path, monkeypatch, line, needle):
+    utils = task_utils("demo")
+    path = tmp_path / "demo.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    monkeypatch.setattr(utils, "__file__", str(path))
+    with pytest.raises(ConfigError, match=needle):
+        utils.load_demo()
+
+
+def test_lm_eval_task_build_lets_our_one_line_through(tmp_path, monkeypatch):
+    """lm-eval builds the task (and so loads our data) without wrapping our error in its own."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    write(tmp_path, "gpqa_diamond", [GPQA, {**GPQA, "Question": None}])
+    monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"gpqa_diamond.jsonl line 2: field 'Question' is missing"
+    ):
+        get_task_dict(["routed_gpqa_diamond"], TaskManager())
