@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import zlib
 
 import pytest
@@ -185,3 +186,20 @@ def test_lm_eval_task_build_lets_our_one_line_through(tmp_path, monkeypatch):
         ConfigError, match=r"gpqa_diamond.jsonl line 2: field 'Question' is missing"
     ):
         get_task_dict(["routed_gpqa_diamond"], TaskManager())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("ROUTED_SANDBOX_TIMEOUT", "abc", "ROUTED_SANDBOX_TIMEOUT='abc' is not a float"),
+        ("ROUTED_SANDBOX_TIMEOUT", "nan", "ROUTED_SANDBOX_TIMEOUT:"),
+        ("ROUTED_SANDBOX_TIMEOUT", "-1", "ROUTED_SANDBOX_TIMEOUT:"),
+        ("ROUTED_SANDBOX_WORKERS", "two", "ROUTED_SANDBOX_WORKERS='two' is not a int"),
+        ("ROUTED_SANDBOX_WORKERS", "-2", "ROUTED_SANDBOX_WORKERS=-2 must be 0"),
+    ],
+)
+def test_sandbox_settings_from_the_environment_are_one_line(monkeypatch, name, value, says):
+    lcb = task_utils("livecodebench")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        lcb.execute([["```python\nprint(1)\n```"]], [{"public_test_cases": "[]"}])

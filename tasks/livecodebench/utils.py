@@ -89,14 +89,31 @@ def doc_to_target(doc: dict) -> str:
     return str(doc.get("question_id", ""))  # tests, not a target string, decide correctness
 
 
+def _env_number(name: str, default: str, kind: type) -> float | int:
+    """An environment setting as a number, or one line naming it."""
+    raw = os.environ.get(name, default).strip() or default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a {kind.__name__}; unset it or give one"
+        ) from None
+
+
 def _limits() -> Limits:
-    return Limits(wall_s=float(os.environ.get("ROUTED_SANDBOX_TIMEOUT", "6")))
+    try:
+        return Limits(wall_s=_env_number("ROUTED_SANDBOX_TIMEOUT", "6", float))
+    except ValueError as err:  # Limits' own checks: nan, inf, <= 0, beyond a day
+        raise ConfigError(f"ROUTED_SANDBOX_TIMEOUT: {err}") from None
 
 
 def execute(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
     """Filter step: run every response of every doc in the sandbox pool; keep the verdicts (JSON)."""
     jobs = [(doc, r) for doc, doc_resps in zip(docs, resps) for r in doc_resps]
-    workers = int(os.environ.get("ROUTED_SANDBOX_WORKERS", "0")) or None
+    workers = _env_number("ROUTED_SANDBOX_WORKERS", "0", int)
+    if workers < 0:
+        raise ConfigError(f"ROUTED_SANDBOX_WORKERS={workers} must be 0 (one per core) or more")
+    workers = workers or None
     verdicts = iter(evaluate_many(jobs, workers=workers, limits=_limits()))
     return [[json.dumps(next(verdicts).to_dict()) for _ in doc_resps] for doc_resps in resps]
 
