@@ -28,7 +28,7 @@ from lm_eval.utils import (
 )
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import SampleTally, bare, records_by_sample
+from lm_eval_routed.accounting import ParamSizes, SampleTally, bare, records_by_sample
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, sample_seed
@@ -281,7 +281,7 @@ class RoutedLM(TemplateLM):
 
     def _keep_scored(self, key: dict, llm_tokens: int) -> None:
         tally = SampleTally(llm_forward_tokens=llm_tokens, llm_calls=1)
-        record = tally.record((0, 0, 0), key).to_dict()
+        record = tally.record(ParamSizes(0, 0), key).to_dict()
         record.update(scored_by="llm", params_llm=self.runtime.params_llm.total)
         self._keep(record)
 
