@@ -383,3 +383,12 @@ def test_r2r_preset_reproduces_the_per_benchmark_thresholds():
         assert value in text
         cfg = load_config({"config": "r2r", "threshold": value.partition("=")[2]})
         assert cfg.threshold == float(value.partition("=")[2]) and cfg.router == "r2r"
+
+
+def test_shipped_demo_citer_has_the_authors_layout():
+    from lm_eval_routed.routers.citer import check_layout
+
+    ckpt, state, weights = checkpoint.load("demo-citer", "citer")
+    assert list(state) and set(state) == set(AUTHORS_KEYS)
+    check_layout(state, CiterNet(ckpt["hidden_size"]), weights)
+    assert 0 < ckpt["threshold"] < 1
