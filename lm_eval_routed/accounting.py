@@ -2,8 +2,13 @@
 
 Activated parameters follow R2R (arXiv 2505.21600, Sec. 5): per sample,
     (n_slm_tokens * P_slm + n_llm_tokens * P_llm) / (n_slm_tokens + n_llm_tokens),
-which charges neither the SLM forward on routed positions nor the router. ``activated_params_charged``
-adds both: the SLM on every generated token, the LLM on every position it scored, the router per call.
+which charges neither the SLM forward on routed positions nor the router. P is the exact parameter count
+(embeddings and untied heads included). R2R's paper puts the models' nominal sizes there instead (1.5 and
+32 billion for its pair), so its figures read lower than exact counts of the same run;
+``activated_params_nominal`` is that figure, filled in when the run is given nominal sizes
+(``params_slm_nominal``, ``params_llm_nominal``).
+``activated_params_charged`` adds what the R2R figure leaves out: the SLM on every generated token, the
+LLM on every position it scored, the router per call.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ class CostModel:
 
 
 @dataclass(frozen=True)
+class ParamSizes:
+    """Parameter counts charged per token: exact counts, and the nominal sizes a paper quotes if given."""
+
+    slm: int
+    llm: int
+    router: int = 0
+    slm_nominal: float | None = None
+    llm_nominal: float | None = None
+
+
+@dataclass(frozen=True)
 class SampleRecord:
     """One generated sample's accounting (DESIGN.md contract); ``tokens_slm + tokens_llm == tokens``."""
 
@@ -48,6 +64,7 @@ class SampleRecord:
     params_router: int
     activated_params: float
     activated_params_charged: float
+    activated_params_nominal: float | None  # None unless the run was given nominal sizes
     latency_s: float
     modeled_latency_s: float
     llm_positions: list[int] = field(default_factory=list)
@@ -77,15 +94,16 @@ class SampleTally:
     latency_s: float = 0.0
     modeled_latency_s: float = 0.0
 
-    def record(
-        self, params: tuple[int, int, int], key: dict[str, Any] | None = None
-    ) -> SampleRecord:
-        """Freeze the counters into the contract record, given (P_slm, P_llm, P_router)."""
-        p_slm, p_llm, p_router = params
+    def record(self, params: ParamSizes, key: dict[str, Any] | None = None) -> SampleRecord:
+        """Freeze the counters into the contract record, given the models' parameter sizes."""
+        p_slm, p_llm, p_router = params.slm, params.llm, params.router
         n = len(self.producers)
         n_llm = self.producers.count("llm")
         n_slm = n - n_llm
         activated = (n_slm * p_slm + n_llm * p_llm) / n if n else 0.0
+        nominal = None
+        if params.slm_nominal is not None and params.llm_nominal is not None:
+            nominal = (n_slm * params.slm_nominal + n_llm * params.llm_nominal) / n if n else 0.0
         charged = (
             (n * p_slm + self.llm_scored_positions * p_llm + self.router_calls * p_router) / n
             if n
@@ -106,6 +124,7 @@ class SampleTally:
             params_router=p_router,
             activated_params=activated,
             activated_params_charged=charged,
+            activated_params_nominal=nominal,
             latency_s=self.latency_s,
             modeled_latency_s=self.modeled_latency_s,
             llm_positions=[i for i, who in enumerate(self.producers) if who == "llm"],

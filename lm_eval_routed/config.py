@@ -60,6 +60,10 @@ class RoutedConfig:
     )
     cost_llm: tuple[float, float] | None = None
     cost_router: float | None = None  # s per router call; None = measure
+    params_slm_nominal: float | None = (
+        None  # a paper's quoted model size (activated_params_nominal)
+    )
+    params_llm_nominal: float | None = None
     accounting_path: str | None = None  # per-sample JSONL; default: next to lm-eval's sample logs
     trust_remote_code: bool = False
     name: str | None = None  # label used in leaderboards; default built from router + threshold
@@ -93,6 +97,7 @@ class RoutedConfig:
                 )
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
+        _check_nominal(self.params_slm_nominal, self.params_llm_nominal)
         if self.device != "auto" and not DEVICE_FORM.fullmatch(self.device):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"
@@ -141,6 +146,16 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ":".join(f"{v:g}" for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _check_nominal(slm: float | None, llm: float | None) -> None:
+    if (slm is None) != (llm is None):
+        raise ConfigError(
+            "params_slm_nominal and params_llm_nominal go together; give both (e.g. 1.5e9 and 32e9)"
+        )
+    for key, value in (("params_slm_nominal", slm), ("params_llm_nominal", llm)):
+        if value is not None and not 0 < value < float("inf"):
+            raise ConfigError(f"{key}={value:g} must be a positive parameter count (e.g. 1.5e9)")
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

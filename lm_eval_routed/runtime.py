@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import CostModel, measure_forward_cost
+from lm_eval_routed.accounting import CostModel, ParamSizes, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
 from lm_eval_routed.core.cpu_linear import (
     PackedLinear,
@@ -185,6 +185,8 @@ class RoutedRuntime:
                 "params_slm_non_embedding": self.params_slm.non_embedding,
                 "params_llm_non_embedding": self.params_llm.non_embedding,
                 "params_router": self.router.num_params,
+                "params_slm_nominal": self.cfg.params_slm_nominal,
+                "params_llm_nominal": self.cfg.params_llm_nominal,
                 "cost_model": {
                     "slm": list(costs.slm),
                     "llm": list(costs.llm),
@@ -286,7 +288,13 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         router,
         tokenizer,
         costs,
-        params=(params_slm.total, params_llm.total, router.num_params),
+        params=ParamSizes(
+            slm=params_slm.total,
+            llm=params_llm.total,
+            router=router.num_params,
+            slm_nominal=cfg.params_slm_nominal,
+            llm_nominal=cfg.params_llm_nominal,
+        ),
         eos_ids=eos_ids(tokenizer, llm),
         llm_min_batch=min_batch,
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,

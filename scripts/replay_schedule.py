@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.accounting import CostModel, ParamSizes
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import ForwardOut
@@ -104,7 +104,7 @@ def replay(
         Random(p),
         Silent(),
         args.costs,
-        params=(1, 1, 0),
+        params=ParamSizes(1, 1),
         eos_ids={EOS},
         llm_min_batch=1 if lockstep else args.llm_min_batch,
         lookahead=not lockstep and not args.no_lookahead,

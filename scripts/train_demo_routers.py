@@ -7,7 +7,7 @@ resumes from the work folder. Sizes and optimiser settings are scaled down for a
 (the paper's lr 5e-5 at batch 1024 would take a step per epoch here); the config.json of each router
 records what was used.
 
-    python scripts/train_demo_routers.py [--workdir build/demo-routers] [--out router_ckpts]
+    python scripts/train_demo_routers.py [--workdir build/demo-routers] [--out router_ckpts] [--only citer]
 """
 
 from __future__ import annotations
@@ -198,27 +198,29 @@ def heldout_task_prompts(rows: list[dict], val_ids: list[int]) -> list[str]:
     return [rows[i]["prompt"] for i in sorted(val_ids) if i % 2 == 0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Label, train and write both demo routers; print their label and validation figures."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default=str(ROOT / "build" / "demo-routers"))
-    p.add_argument("--out", default=str(ROOT / "router_ckpts"))
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.manual_seed(0)
-    work, out = Path(args.workdir), Path(args.out)
-    llm, tok = demo_pair.load_demo_llm(torch.float32, "cpu")
-    slm, _ = demo_pair.load_demo_slm(torch.float32, "cpu")
-    rows = training_rows()
-    logging.info("%d training questions", len(rows))
+R2R_LABEL_FIELDS = (
+    "finished",
+    "tokens",
+    "mismatches",
+    "mismatch_rate",
+    "divergent",
+    "divergent_rate",
+    "unparseable",
+    "identical_continuations",
+    "rows",
+)
 
+
+def demo_r2r(pair, rows: list[dict], work: Path, out: Path) -> dict:
+    """Label and train router_ckpts/demo-r2r; its label and validation figures."""
+    slm, llm, tok = pair
     label_opts = LabelOptions(
         max_new_tokens=8, stop=("\n",), cont_tokens=12, batch_size=8, chat=False
     )
     meta = build_labels(
         work / "r2r", slm, llm, tok, [r["prompt"] for r in rows], label_opts, slm_ref="demo:slm"
     )
-    r2r_cfg = train_r2r(
+    train_r2r(
         work / "r2r",
         slm,
         out / "demo-r2r",
@@ -228,6 +230,22 @@ def main(argv: list[str] | None = None) -> int:
         val_frac=0.25,
         slm_ref="demo:slm",
     )
+    # target: decode the validation questions (task format) with the trained router
+    data, _ = load_dataset(work / "r2r")
+    _, r2r_val = split_by_response(data, 0.25, 0)
+    prompts = heldout_task_prompts(rows, r2r_val["response"].unique().tolist())
+    cfg = record_target(
+        out / "demo-r2r", decode_share(pair, "r2r", out / "demo-r2r", prompts), len(prompts)
+    )
+    return {
+        "r2r_labels": {k: meta[k] for k in R2R_LABEL_FIELDS},
+        "r2r": {"threshold": cfg["threshold"], **cfg["metrics"]},
+    }
+
+
+def demo_citer(pair, rows: list[dict], work: Path, out: Path) -> dict:
+    """Label and train router_ckpts/demo-citer (two rounds); its label and validation figures."""
+    slm, llm, tok = pair
     citer_opts = CiterOptions(
         chat=False,
         rollout_tokens=8,
@@ -237,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         min_recall=0.95,
         val_frac=0.25,
     )
-    citer_cfg = run_citer(
+    run_citer(
         work / "citer",
         slm,
         llm,
@@ -249,14 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         out / "demo-citer",
         slm_ref="demo:slm",
     )
-    # targets: decode the validation questions (task format) with each trained router
-    pair = (slm, llm, tok)
-    data, _ = load_dataset(work / "r2r")
-    _, r2r_val = split_by_response(data, 0.25, 0)
-    prompts = heldout_task_prompts(rows, r2r_val["response"].unique().tolist())
-    r2r_cfg = record_target(
-        out / "demo-r2r", decode_share(pair, "r2r", out / "demo-r2r", prompts), len(prompts)
-    )
+    # target: decode the validation questions (task format) with the trained router
     book = JsonlLog(
         work / "citer" / f"rollouts-r{citer_opts.rounds - 1}.jsonl", ("sample", "position")
     )
@@ -264,26 +275,34 @@ def main(argv: list[str] | None = None) -> int:
     _, citer_val = split_by_sample(round_labels(feats, book), citer_opts.val_frac, 0)
     prompts = heldout_task_prompts(rows, citer_val["sample"].unique().tolist())
     share = decode_share(pair, "citer", out / "demo-citer", prompts)
-    citer_cfg = record_target(out / "demo-citer", share, len(prompts))
-    summary = {
-        "r2r_labels": {
-            k: meta[k]
-            for k in (
-                "finished",
-                "tokens",
-                "mismatches",
-                "mismatch_rate",
-                "divergent",
-                "divergent_rate",
-                "unparseable",
-                "identical_continuations",
-                "rows",
-            )
-        },
-        "r2r": {"threshold": r2r_cfg["threshold"], **r2r_cfg["metrics"]},
-        "citer_labels": citer_cfg["data"],
-        "citer": {"threshold": citer_cfg["threshold"], **citer_cfg["metrics"]},
+    cfg = record_target(out / "demo-citer", share, len(prompts))
+    return {
+        "citer_labels": cfg["data"],
+        "citer": {"threshold": cfg["threshold"], **cfg["metrics"]},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Label, train and write the demo routers; print their label and validation figures."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default=str(ROOT / "build" / "demo-routers"))
+    p.add_argument("--out", default=str(ROOT / "router_ckpts"))
+    p.add_argument(
+        "--only", choices=("r2r", "citer"), help="train one router (each trains on its own seeds)"
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    work, out = Path(args.workdir), Path(args.out)
+    llm, tok = demo_pair.load_demo_llm(torch.float32, "cpu")
+    slm, _ = demo_pair.load_demo_slm(torch.float32, "cpu")
+    rows = training_rows()
+    logging.info("%d training questions", len(rows))
+    summary: dict = {}
+    if args.only in (None, "r2r"):
+        summary |= demo_r2r((slm, llm, tok), rows, work, out)
+    if args.only in (None, "citer"):
+        summary |= demo_citer((slm, llm, tok), rows, work, out)
     print(json.dumps(summary, indent=2))
     return 0
 

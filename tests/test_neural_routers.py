@@ -210,3 +210,185 @@ def test_released_r2r_layout_loads_and_scores(tmp_path, pair):
     )
     with pytest.raises(ConfigError, match="only HiddenStatesTokenLMHeadLogitsClassifier"):
         make_router("r2r", load_config(router="r2r", router_ckpt=str(tmp_path / "l.pt")), slm)
+
+
+class TorchvisionMLP(torch.nn.Sequential):
+    """torchvision.ops.MLP's documented semantics, written here independently of our CiterNet: for
+    every hidden width but the last, Linear -> norm -> activation -> Dropout; then Linear -> Dropout."""
+
+    def __init__(self, in_channels, hidden_channels, norm_layer, activation_layer, dropout):
+        layers, width = [], in_channels
+        for out in hidden_channels[:-1]:
+            layers += [torch.nn.Linear(width, out), norm_layer(out), activation_layer()]
+            layers.append(torch.nn.Dropout(dropout))
+            width = out
+        layers += [torch.nn.Linear(width, hidden_channels[-1]), torch.nn.Dropout(dropout)]
+        super().__init__(*layers)
+
+
+class AuthorsConfidenceModel(torch.nn.Module):
+    """CITER's released router as its paper and code describe it: MLP, Linear(h, 1), sigmoid."""
+
+    def __init__(self, h):
+        super().__init__()
+        self.mlp = TorchvisionMLP(h, [2 * h, h], torch.nn.BatchNorm1d, torch.nn.ReLU, 0.1)
+        self.linear = torch.nn.Linear(h, 1)
+        self.sigmoid = torch.nn.Sigmoid()
+
+    def forward(self, hidden_states):  # (batch, seq, h) -> (batch, seq, 1)
+        b, s, h = hidden_states.shape
+        return self.sigmoid(self.linear(self.mlp(hidden_states.view(-1, h))).view(b, s, -1))
+
+
+def authors_model(h, seed=0):
+    """A reference with every weight and BatchNorm statistic away from its initial value."""
+    torch.manual_seed(seed)
+    ref = AuthorsConfidenceModel(h)
+    with torch.no_grad():
+        for name, tensor in ref.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(
+                    torch.rand_like(tensor) + 0.5
+                    if "var" in name
+                    else torch.randn_like(tensor) * 0.3
+                )
+    return ref.eval()
+
+
+def citer_router(ref, slm):
+    from lm_eval_routed.config import load_config
+    from lm_eval_routed.routers.base import make_router
+
+    return make_router("citer", load_config(router="citer", router_ckpt=str(ref)), slm)
+
+
+AUTHORS_KEYS = [
+    "mlp.0.weight",
+    "mlp.0.bias",
+    "mlp.1.weight",
+    "mlp.1.bias",
+    "mlp.1.running_mean",
+    "mlp.1.running_var",
+    "mlp.1.num_batches_tracked",
+    "mlp.4.weight",
+    "mlp.4.bias",
+    "linear.weight",
+    "linear.bias",
+]
+
+
+def test_citer_net_has_the_authors_layout():
+    assert list(CiterNet(8).state_dict()) == AUTHORS_KEYS
+    assert list(AuthorsConfidenceModel(8).state_dict()) == AUTHORS_KEYS
+
+
+def test_authors_state_dict_loads_and_scores_like_the_reference(tmp_path, pair, make_runtime):
+    from lm_eval_routed.routers.base import StepView
+
+    slm = pair[0]
+    ref = authors_model(slm.config.hidden_size)
+    path = tmp_path / "mlp_iter_2876.pth"
+    torch.save(ref.state_dict(), path)  # as their mlp_training.py saves it
+    router = citer_router(path, slm)
+    assert router.threshold == 0.9  # their files hold no threshold: the README's 0.9
+    assert router.info()["threshold_rule"].startswith("CITER's default")
+    assert router.num_params == sum(p.numel() for p in ref.parameters())
+    torch.manual_seed(3)
+    hidden = torch.randn(16, slm.config.hidden_size)
+    view = StepView(torch.randn(16, 98), hidden, torch.zeros(16, dtype=torch.long))
+    with torch.no_grad():
+        expected = ref(hidden[:, None, :]).flatten()
+        in_training = ref.train()(hidden[:, None, :]).flatten()
+    got = router.confidence(view)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # eval mode matters: BatchNorm's running statistics, not the batch's, shape the confidences
+    assert (in_training - expected).abs().max() > 1e-2
+    assert torch.equal(router.route(view), expected < 0.9)
+    assert 0 < int((expected < 0.9).sum()) < 16  # both decisions occur
+    # and the decoder runs on it, at a given threshold
+    rt = make_runtime(router="citer", router_ckpt=str(path), threshold="0.5")
+    res = rt.generate([GenRequest([5, 6, 7], 6, seed=0)])
+    assert res[0].record.tokens == 6 and rt.router.info()["threshold_rule"] == "given"
+
+
+def test_authors_state_dict_mistakes_are_one_line(tmp_path, pair, make_runtime):
+    slm = pair[0]
+    h = slm.config.hidden_size
+    state = authors_model(h).state_dict()
+
+    def refused(obj, needle, name="mlp_iter_1.pth"):
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(ConfigError) as err:
+            make_runtime(router="citer", router_ckpt=str(tmp_path / name))
+        assert needle in str(err.value) and "\n" not in str(err.value)
+
+    refused(authors_model(32).state_dict(), "hidden size 32, but slm has 64")
+    refused({k: v for k, v in state.items() if k != "linear.bias"}, "missing ['linear.bias']")
+    refused({**state, "extra.weight": torch.zeros(1)}, "unexpected ['extra.weight']")
+    refused({**state, "mlp.4.weight": torch.zeros(h, h)}, "mlp.4.weight has shape (64, 64)")
+    refused({"mlp.0.bias": torch.zeros(3)}, "no 2-D 'mlp.0.weight'")
+    refused({**state, "note": "hi"}, "not a state dict of tensors")
+    refused({"model_type": "x", "state_dict": state}, "is an R2R router dict")
+    refused([1, 2], "not a state dict of tensors")
+
+
+def earlier_layout(h):
+    """The layout this project used before: BatchNorm and ReLU after the second layer too."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(h, 2 * h),
+        torch.nn.BatchNorm1d(2 * h),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(2 * h, h),
+        torch.nn.BatchNorm1d(h),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(h, 1),
+    )
+
+
+def test_earlier_layout_is_refused_with_one_line(tmp_path, pair, make_runtime):
+    h = pair[0].config.hidden_size
+    holder = torch.nn.Module()
+    holder.mlp = earlier_layout(h)
+    checkpoint.save(tmp_path / "old", holder, {"kind": "citer", "hidden_size": h, "threshold": 0.5})
+    torch.save(holder.state_dict(), tmp_path / "old.pth")
+    for ref in (tmp_path / "old", tmp_path / "old.pth"):
+        with pytest.raises(ConfigError) as err:
+            make_runtime(router="citer", router_ckpt=str(ref))
+        assert "earlier CITER layout" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_citer_net_matches_torchvision_when_installed():
+    ops = pytest.importorskip("torchvision.ops")
+    torch.manual_seed(0)
+    mlp = ops.MLP(12, [24, 12], norm_layer=torch.nn.BatchNorm1d, activation_layer=torch.nn.ReLU)
+    state = {f"mlp.{k}": v for k, v in mlp.state_dict().items()}
+    net = CiterNet(12)
+    net.load_state_dict(
+        {**state, "linear.weight": torch.ones(1, 12), "linear.bias": torch.zeros(1)}
+    )
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), mlp.eval()(x).sum(-1))
+
+
+def test_r2r_preset_reproduces_the_per_benchmark_thresholds():
+    from lm_eval_routed.config import PRESETS_DIR, load_config
+
+    # R2R's eval config: aime 0.40595959595959596, gpqa 0.42, livecodebench 0.1387
+    assert load_config({"config": "r2r"}).threshold == 0.40595959595959596
+    text = (PRESETS_DIR / "r2r.yaml").read_text()
+    for value in ("threshold=0.40595959595959596", "threshold=0.42", "threshold=0.1387"):
+        assert value in text
+        cfg = load_config({"config": "r2r", "threshold": value.partition("=")[2]})
+        assert cfg.threshold == float(value.partition("=")[2]) and cfg.router == "r2r"
+
+
+def test_shipped_demo_citer_has_the_authors_layout():
+    from lm_eval_routed.routers.citer import check_layout
+
+    ckpt, state, weights = checkpoint.load("demo-citer", "citer")
+    assert list(state) and set(state) == set(AUTHORS_KEYS)
+    check_layout(state, CiterNet(ckpt["hidden_size"]), weights)
+    assert 0 < ckpt["threshold"] < 1

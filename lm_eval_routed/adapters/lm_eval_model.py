@@ -28,7 +28,7 @@ from lm_eval.utils import (
 )
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import SampleTally
+from lm_eval_routed.accounting import ParamSizes, SampleTally
 from lm_eval_routed.adapters import lm_eval_records as recs
 from lm_eval_routed.adapters import plugin
 from lm_eval_routed.config import RUN_ONLY_KEYS, ConfigError, given_keys, load_config
@@ -341,7 +341,7 @@ class RoutedLM(TemplateLM):
 
     def _scored(self, key: dict, llm_tokens: int) -> dict[str, Any]:
         tally = SampleTally(llm_forward_tokens=llm_tokens, llm_calls=1)
-        record = tally.record((0, 0, 0), key).to_dict()
+        record = tally.record(ParamSizes(0, 0), key).to_dict()
         record.update(scored_by="llm", params_llm=self.runtime.params_llm.total)
         return self._fresh(record)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import CostModel, SampleTally
+from lm_eval_routed.accounting import CostModel, ParamSizes, SampleTally
 from lm_eval_routed.core.drafts import UncheckedTokens
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.rows import GenRequest, GenResult, Row, seeded_generator
@@ -55,7 +55,7 @@ class MixedDecoder(UncheckedTokens):
         router: Router,
         tokenizer,
         costs: CostModel,
-        params: tuple[int, int, int],
+        params: ParamSizes,
         eos_ids: set[int],
         llm_min_batch: int = 0,
         guess_ahead: int = 0,
@@ -64,7 +64,7 @@ class MixedDecoder(UncheckedTokens):
         self.slm, self.llm, self.router = slm, llm, router
         self.tokenizer = tokenizer
         self.costs = costs
-        self.params = params  # (P_slm, P_llm, P_router) charged per token
+        self.params = params  # charged per token
         self.eos_ids = eos_ids
         self.schedule = LLMSchedule(costs, llm_min_batch)
         self.guess_ahead = guess_ahead if router.mode == "token" else 0

@@ -22,6 +22,9 @@ COLUMNS = (
     "modeled_speedup_vs_llm_only",
     "n",
 )
+NOMINAL = (
+    "activated_params_nominal"  # a column only when some configuration was given nominal sizes
+)
 
 
 def primary_metric(
@@ -62,6 +65,7 @@ def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> li
                 "llm_share": acc.get("llm_share"),
                 "activated_params": acc.get("activated_params"),
                 "activated_params_charged": acc.get("activated_params_charged"),
+                NOMINAL: acc.get(NOMINAL),
                 "latency_s": acc.get("latency_s"),
                 "modeled_latency_s": acc.get("modeled_latency_s"),
                 "speedup_vs_llm_only": _speedup(ref, acc, "latency_s"),
@@ -92,17 +96,26 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
+def columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """COLUMNS, with the nominal activated parameters after the exact ones when any row has them."""
+    if not any(r.get(NOMINAL) is not None for r in rows):
+        return COLUMNS
+    at = COLUMNS.index("activated_params_charged") + 1
+    return (*COLUMNS[:at], NOMINAL, *COLUMNS[at:])
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(k, r[k]) for k in COLUMNS) + " |" for r in rows]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Raw numbers, one row per (config, task)."""
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

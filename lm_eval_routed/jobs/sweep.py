@@ -40,6 +40,7 @@ SUMMARY_FIELDS = (
     "llm_share",
     "activated_params",
     "activated_params_charged",
+    "activated_params_nominal",
     "latency_s",
     "modeled_latency_s",
     "switches",
@@ -292,11 +293,13 @@ def _join(samples: list[dict], records: list[dict]) -> list[dict]:
     return rows
 
 
-def summarize(records: list[dict]) -> dict[str, float]:
-    """Mean of each accounting field over generations (R2R's run figure for activated params)."""
+def summarize(records: list[dict]) -> dict[str, float | None]:
+    """Mean of each accounting field over generations (R2R's run figure for activated params);
+    None for a field some generation lacks (the nominal figure of a run given no nominal sizes)."""
     if not records:
         return {}
-    return {f: statistics.fmean(r[f] for r in records) for f in SUMMARY_FIELDS}
+    values = {f: [r.get(f) for r in records] for f in SUMMARY_FIELDS}
+    return {f: None if None in v else statistics.fmean(v) for f, v in values.items()}
 
 
 def _config_dict(cfg: RoutedConfig) -> dict[str, Any]:
@@ -304,5 +307,6 @@ def _config_dict(cfg: RoutedConfig) -> dict[str, Any]:
         *("slm", "llm", "router", "threshold", "p", "router_ckpt", "gamma", "batch_size", "seed"),
         *("dtype", "slm_dtype", "llm_min_batch", "guess_ahead", "llm_lookahead", "schedule"),
         *("prepack", "engine"),  # the kernels a cell's latency was measured on
+        *("params_slm_nominal", "params_llm_nominal"),
     )
     return {k: getattr(cfg, k) for k in keys}

@@ -1,10 +1,11 @@
-"""Router checkpoints: our folder format (model.safetensors + config.json) and R2R's official dict.
+"""Router checkpoints: our folder format (model.safetensors + config.json) and the authors' files.
 
 A folder holds ``config.json`` (router kind, architecture sizes, SLM id and hidden size, vocabulary size,
 threshold and how it was chosen, training-data fingerprint, metrics) beside ``model.safetensors``.
 R2R's official ``.pt`` files are dicts ``{model_type, init_args, common_args{threshold, ...},
-model_specific_args, state_dict}``; they are read with ``torch.load(weights_only=True)`` only, so no
-arbitrary object is ever unpickled.
+model_specific_args, state_dict}``; CITER's ``mlp_iter_*.pth`` files are bare state dicts (no sizes, no
+threshold). Both are read with ``torch.load(weights_only=True)`` only, so no arbitrary object is ever
+unpickled.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def load(ref: str | None, kind: str) -> Loaded:
         config = _folder_config(path, kind)
         safetensors_shapes(weights, f"{kind} router")  # a damaged file: one line, not Rust's error
         return config, load_file(weights), weights
-    cfg = _fields_ok(_of_kind(_load_official(path), path, kind), path)
+    raw = _torch_load(path)
+    if kind == "citer":
+        state = _tensors(raw, path)  # CITER's files say neither their sizes nor a threshold
+        return {"kind": "citer", "threshold_rule": "official checkpoint"}, state, path
+    cfg = _fields_ok(_of_kind(_r2r_official(raw, path), path, kind), path)
     return cfg, cfg.pop("state_dict"), path
 
 
@@ -189,13 +194,31 @@ def _check_shapes(
             )
 
 
-def _load_official(path: Path) -> dict[str, Any]:
+def _torch_load(path: Path) -> Any:
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any unpickling refusal is a user-facing file problem)
         raise ConfigError(
             f"{path} is not a weights-only torch checkpoint: {str(err).splitlines()[0]}"
         ) from None
+
+
+def _tensors(raw: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A bare state dict (names to tensors), or a one-line refusal."""
+    if isinstance(raw, dict) and "model_type" in raw and "state_dict" in raw:
+        raise ConfigError(f"{path} is an R2R router dict, not a CITER state dict; use router=r2r")
+    if not (
+        isinstance(raw, dict)
+        and raw
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items())
+    ):
+        raise ConfigError(
+            f"{path} is not a state dict of tensors (expected CITER's mlp_iter_*.pth layout)"
+        )
+    return dict(raw)
+
+
+def _r2r_official(raw: Any, path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise ConfigError(
             f"{path} is not an R2R router dict (expected keys model_type, init_args, state_dict)"

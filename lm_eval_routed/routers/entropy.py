@@ -1,9 +1,10 @@
 """Entropy routing: R-Stitch's stitching (normalized entropy) and R2R's per-token baseline (raw nats).
 
 R-Stitch (arXiv 2507.17307): H = -sum p log p / log V over the full vocabulary, in [0, 1]. When an SLM
-token's H exceeds tau the LLM regenerates it and keeps control until it emits a token with H <= tau.
-R2R's baseline routes single positions whose raw natural-log entropy exceeds its threshold (0.45 in
-their code). Entropy is taken on the raw logits (temperature 1), whatever the sampling temperature.
+token's H exceeds tau (H > tau) the LLM regenerates it and keeps control until it emits a token with
+H <= tau. R2R's baseline routes single positions whose raw natural-log entropy is at least its threshold
+(H >= tau, 0.45 in their code: the SLM keeps a position only when H < tau). Each method keeps its own
+rule at a tie. Entropy is taken on the raw logits (temperature 1), whatever the sampling temperature.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ class EntropyStitch(Router):
         return entropy_nats(view.logits) / math.log(view.logits.shape[-1])
 
     def route(self, slm: StepView) -> Tensor:
-        return self._normalized(slm) > self.threshold
+        return self._normalized(slm) > self.threshold  # "exceeds tau"
 
     def keep_llm(self, llm: StepView) -> Tensor:
-        return self._normalized(llm) > self.threshold
+        return self._normalized(llm) > self.threshold  # control returns at H <= tau
 
     def info(self) -> dict:
         return {**super().info(), "entropy_units": "normalized (H / log V)"}
@@ -54,7 +55,7 @@ class EntropyToken(Router):
         self.threshold = threshold
 
     def route(self, slm: StepView) -> Tensor:
-        return entropy_nats(slm.logits) > self.threshold
+        return entropy_nats(slm.logits) >= self.threshold  # R2R: SLM only below the threshold
 
     def info(self) -> dict:
         return {**super().info(), "entropy_units": "nats"}
