@@ -55,6 +55,7 @@ class RoutedConfig:
     cost_llm: tuple[float, float] | None = None
     cost_router: float | None = None  # s per router call; None = measure
     accounting_path: str | None = None  # per-sample JSONL; default: next to lm-eval's sample logs
+    record_tokens: bool = True  # records carry each token's place in the text (token_offsets)
     trust_remote_code: bool = False
     name: str | None = None  # label used in leaderboards; default built from router + threshold
     extra: dict[str, Any] = field(default_factory=dict)  # router-specific keys kept verbatim

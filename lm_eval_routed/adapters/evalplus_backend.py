@@ -38,6 +38,7 @@ _RUN_ONLY = {
     "prepack",
     "device",
     "accounting_path",
+    "record_tokens",
 }
 
 

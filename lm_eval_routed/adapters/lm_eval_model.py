@@ -327,10 +327,12 @@ def _records_of(task_name: str, samples: list[dict]) -> list[list[dict[str, Any]
 
 def attach_records(tracker, task_name: str, samples: list[dict]) -> None:
     """Add each sample's records under ``"routed"`` and write ``routed_<task>_<date>.jsonl`` beside."""
-    rows = []
+    rows, written = [], set()
     for sample, records in zip(samples, _records_of(task_name, samples)):
         sample["routed"] = [bare(r) for r in records]
-        rows += [{**_flat(r), "doc_id": sample.get("doc_id")} for r in records]  # lm-eval's doc id
+        if sample.get("doc_id") not in written:  # a doc logged once per filter: its rows once
+            written.add(sample.get("doc_id"))
+            rows += [{**_flat(r), "doc_id": sample.get("doc_id")} for r in records]  # lm-eval's
     if not tracker.output_path or not rows:
         return
     path = Path(tracker.output_path)
