@@ -67,6 +67,7 @@ def write_lm_eval(
     task: str = "t",
     model_args: str = "router=llm-only",
     routed_key: bool = True,
+    info: dict | None = None,
 ) -> Path:
     """An lm-eval ``--output_path`` folder: results JSON, sample log (with ``routed``), our JSONL."""
     folder = root / "model"
@@ -77,7 +78,7 @@ def write_lm_eval(
         "results": {
             task: {"alias": task, "exact_match,none": mean, "exact_match_stderr,none": 0.1}
         },
-        "config": {"model": "routed", "model_args": model_args},
+        "config": {"model": "routed", "model_args": model_args, "routed": info or {}},
     }
     (folder / f"results_{DATE}.json").write_text(json.dumps(results))
     lines, routed = [], []

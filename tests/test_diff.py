@@ -358,3 +358,36 @@ def test_thousands_of_samples_in_seconds(tmp_path, capsys):
     assert report["tasks"][0]["n"] == n
     assert len(report["tasks"][0]["lost"]) + len(report["tasks"][0]["gained"]) == flips.sum()
     assert elapsed < 60  # a sanity bound on a shared machine, not a benchmark
+
+
+def test_sweep_cells_written_before_lines_kept_every_text(tmp_path, capsys):
+    """Older cell lines hold the extracted answer only: with one generation, it is the text."""
+    cells = []
+    for name, pieces in (("a", [" a", "b"]), ("b", [" a", "c"])):
+        cell = write_sweep_cell(tmp_path / name, [Sample(0, float(name == "a"), pieces, [1])])
+        lines = (cell / "t.samples.jsonl").read_text().splitlines()
+        old = [
+            {k: v for k, v in json.loads(x).items() if k not in ("responses", "filter")}
+            for x in lines
+        ]
+        (cell / "t.samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in old))
+        cells.append(cell)
+    (report,) = diff_json(capsys, *cells, "--flips")
+    (sample,) = report["samples"]
+    assert (
+        sample["char"] == 2 and sample["tokens"] == [1, 1] and sample["writers"] == ["llm", "llm"]
+    )
+
+
+def test_runs_priced_by_different_cost_models_get_a_note(tmp_path, capsys):
+    samples = [Sample(i, 1.0, ["a"], [0]) for i in range(3)]
+    measured = {"cost_model": {"slm": [0.01, 0.0], "llm": [0.03, 0.0]}, "device": "cpu"}
+    other = {"cost_model": {"slm": [0.02, 0.0], "llm": [0.05, 0.0]}, "device": "cpu"}
+    a = write_lm_eval(tmp_path / "a", samples, info=measured)
+    (same,) = diff_json(capsys, a, write_lm_eval(tmp_path / "b", samples, info=measured))
+    assert same["notes"] == []
+    b = write_lm_eval(tmp_path / "c", samples, info=other)
+    assert cli.main(["diff", str(a), str(b)]) == 0
+    assert "note: modeled_latency_s: the runs priced their forwards with different cost models" in (
+        capsys.readouterr().out
+    )

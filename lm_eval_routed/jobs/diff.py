@@ -98,6 +98,7 @@ class Comparison:
     only_base_tasks: list[str]
     only_other_tasks: list[str]
     samples: list[Divergence]
+    notes: list[str] = field(default_factory=list)  # what to bear in mind reading the figures
 
 
 @dataclass
@@ -147,7 +148,23 @@ def compare(
         sorted(set(base.tasks) - set(other.tasks)),
         sorted(set(other.tasks) - set(base.tasks)),
         divergences,
+        _notes(base, other),
     )
+
+
+def _notes(base: Run, other: Run) -> list[str]:
+    """Run settings that make some deltas mean less than they seem."""
+    notes = []
+    costs = [run.info.get("cost_model") for run in (base, other)]
+    if all(costs) and costs[0] != costs[1]:
+        notes.append(
+            "modeled_latency_s: the runs priced their forwards with different cost models "
+            "(measured at each start); pin cost_slm and cost_llm to compare it"
+        )
+    devices = [run.info.get("device") for run in (base, other)]
+    if all(devices) and devices[0] != devices[1]:
+        notes.append(f"latency_s: the runs ran on {devices[0]} and {devices[1]}")
+    return notes
 
 
 def _check_same_prompts(a: TaskRun, b: TaskRun, name_a: str, name_b: str) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs.diff import ACCOUNTING, Comparison, TaskDiff, compare
+from lm_eval_routed.jobs.readers import read_run
 from lm_eval_routed.jobs.report import Format, number, render
-from lm_eval_routed.jobs.runs import Run, read_run
+from lm_eval_routed.jobs.runs import Run
 from lm_eval_routed.jobs.stats import RESAMPLES, SEED
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}

@@ -126,6 +126,8 @@ def _text(c: Comparison, markdown: bool) -> str:
         out += _flips(d, c, markdown)
     for d in diffs:
         out += _accounting(d, c, markdown)
+    out += [f"note: {n}" if not markdown else f"- note: {n}" for n in c.notes]
+    out += [""] if c.notes else []
     if c.samples:
         out += _samples(c, markdown)
     return "\n".join(out).rstrip() + "\n"
