@@ -71,16 +71,18 @@ def write_lm_eval(
 ) -> Path:
     """An lm-eval ``--output_path`` folder: results JSON, sample log (with ``routed``), our JSONL."""
     folder = root / "model"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # called again: one more task in the same run
     scores = [s.score for s in samples]
     mean = sum(scores) / len(scores)
-    results = {
-        "results": {
-            task: {"alias": task, "exact_match,none": mean, "exact_match_stderr,none": 0.1}
-        },
-        "config": {"model": "routed", "model_args": model_args, "routed": info or {}},
+    path = folder / f"results_{DATE}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    results["results"][task] = {
+        "alias": task,
+        "exact_match,none": mean,
+        "exact_match_stderr,none": 0.1,
     }
-    (folder / f"results_{DATE}.json").write_text(json.dumps(results))
+    results["config"] = {"model": "routed", "model_args": model_args, "routed": info or {}}
+    path.write_text(json.dumps(results))
     lines, routed = [], []
     for s in samples:
         gens = _generations(s)

@@ -391,3 +391,75 @@ def test_runs_priced_by_different_cost_models_get_a_note(tmp_path, capsys):
     assert "note: modeled_latency_s: the runs priced their forwards with different cost models" in (
         capsys.readouterr().out
     )
+
+
+def test_several_tasks_and_the_overall(tmp_path, capsys):
+    """Overall pools every task's documents (each task resampled within itself) and discordant pairs."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for task, base, run in (("t1", [1, 1, 0, 0], [0, 1, 1, 1]), ("t2", [1, 0, 1], [1, 0, 0])):
+        write_lm_eval(a, [Sample(i, s, ["x"], [0]) for i, s in enumerate(base)], task=task)
+        write_lm_eval(b, [Sample(i, s, ["x"], []) for i, s in enumerate(run)], task=task)
+    write_lm_eval(a, [Sample(0, 1.0, ["x"])], task="t3")  # in the baseline only
+    (report,) = diff_json(capsys, a, b)
+    assert [t["task"] for t in report["tasks"]] == ["t1", "t2"]
+    overall = report["overall"]
+    assert overall["n"] == 7 and overall["lost"] == [["t1", 0], ["t2", 2]]
+    assert overall["gained"] == [["t1", 2], ["t1", 3]]
+    assert overall["p_value"] == pytest.approx(mcnemar_exact(2, 2))
+    # 4 right of 7 in each run: two lost, two gained
+    assert overall["base"][0] == overall["other"][0] == pytest.approx(4 / 7)
+    assert overall["diff"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert report["only_base_tasks"] == ["t3"]
+    share = next(d for d in overall["accounting"] if d["field"] == "llm_share")
+    assert share["n"] == 7 and share["diff"]["mean"] == -1.0
+
+
+def test_runs_without_scores_still_compare_their_accounting(tmp_path, capsys):
+    """A --predict_only run logs no metric: no score difference, the accounting deltas remain."""
+    a = write_lm_eval(tmp_path / "a", [Sample(i, 1.0, ["x", "y"], [0, 1]) for i in range(3)])
+    b = write_lm_eval(tmp_path / "b", [Sample(i, 1.0, ["x", "y"], [1]) for i in range(3)])
+    for run in (a, b):
+        results = next(run.rglob("results_*.json"))
+        results.write_text(json.dumps({"results": {"t": {"alias": "t"}}, "config": {}}))
+    (report,) = diff_json(capsys, a, b)
+    (task,) = report["tasks"]
+    assert task["metric"] is None and task["diff"] is None and task["n"] == 0
+    assert next(d for d in task["accounting"] if d["field"] == "llm_share")["diff"]["mean"] == -0.5
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--metric", "acc"], "metric 'acc' is not one of this run's: exact_match,none"),
+        (["--task", "nope"], "has no task 'nope'; it has: t"),
+        (["--labels", "one"], "--labels names 1 runs; 2 were given"),
+        (["--resamples", "10"], "--resamples 10: use at least 100"),
+    ],
+)
+def test_bad_options_are_one_line(tmp_path, capsys, extra, message):
+    a, b = hand_runs(tmp_path)
+    assert cli.main(["diff", str(a), str(b), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+
+
+def test_ambiguous_or_unrelated_inputs_are_refused(tmp_path, capsys):
+    a, b = hand_runs(tmp_path)
+    twice = tmp_path / "twice"
+    (twice / "x").mkdir(parents=True)
+    for i, src in enumerate((a, b)):
+        results = next(src.rglob("results_*.json"))
+        (twice / "x" / results.name.replace("results_", f"results_{i}")).write_text(
+            results.read_text()
+        )
+    assert cli.main(["diff", str(a), str(twice)]) == 2
+    assert "holds 2 lm-eval runs" in capsys.readouterr().err
+    other = write_lm_eval(tmp_path / "other", [Sample(0, 1.0, ["x"])], task="u")
+    assert cli.main(["diff", str(a), str(other)]) == 2
+    assert "share no task (t vs u)" in capsys.readouterr().err
+    e1 = write_evalplus(tmp_path / "e1", {"HumanEval/0": [(True, True)]})
+    e2 = write_evalplus(tmp_path / "e2", {"HumanEval/0": [(True, True)]})
+    graded = e2.with_name(e2.stem + "_eval_results.json")
+    graded.write_text(graded.read_text().replace('"hash": "abc"', '"hash": "v2"'))
+    assert cli.main(["diff", str(e1), str(e2)]) == 2
+    assert "graded on different dataset versions (abc vs v2)" in capsys.readouterr().err
