@@ -313,3 +313,11 @@ def test_the_page_renders_in_a_headless_browser(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the script ran: it counted the cards and kept every one shown under the default filter
     assert f"{len(TRICKY)} of {len(TRICKY)} documents" in proc.stdout
+
+
+def test_diff_of_runs_on_other_prompts_is_refused(tmp_path, capsys):
+    a = write_lm_eval(tmp_path / "a", [Sample(0, 1.0, ["x"])])
+    b = write_lm_eval(tmp_path / "b", [Sample(0, 1.0, ["x"], prompt="5-shot")])
+    assert cli.main(["view", str(b), "--diff", str(a), "--out", str(tmp_path / "p.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "t doc 0:" in err and "different prompts" in err

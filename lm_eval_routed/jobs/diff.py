@@ -13,6 +13,7 @@ import bisect
 import math
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -41,6 +42,22 @@ ACCOUNTING = (
 CONTEXT = 30  # characters shown on each side of a divergence
 
 
+class Listing(str, Enum):
+    """Which documents get their per-sample divergences listed."""
+
+    FLIPS = "flips"
+    ALL = "all"
+
+
+class Writer(str, Enum):
+    """Who wrote the token at a divergence."""
+
+    LLM = "llm"
+    SLM = "slm"
+    END = "end"  # the text ended there
+    UNKNOWN = "?"  # no record, or no token boundaries in it
+
+
 @dataclass(frozen=True)
 class Delta:
     """One accounting field over the documents both runs have it for: means and paired difference."""
@@ -61,7 +78,7 @@ class Divergence:
     repeat: int
     char: int | None  # first differing character; None: the same text
     tokens: tuple[int | None, int | None]  # token holding that character in each run
-    writers: tuple[str, str]  # "llm", "slm", "end" (the text ended there) or "?" (no record)
+    writers: tuple[str, str]  # Writer values
     common: str  # the shared text just before it
     rest: tuple[str, str]  # each run's text from it on
     answers: tuple[str | None, str | None]
@@ -113,11 +130,11 @@ class _Paired:
 def compare(
     base: Run,
     other: Run,
-    samples: str | None = None,
+    samples: Listing | None = None,
     resamples: int = RESAMPLES,
     seed: int = SEED,
 ) -> Comparison:
-    """``other`` against ``base``; ``samples``: None, "all" or "flips" (per-sample divergences)."""
+    """``other`` against ``base``, with the per-sample divergences ``samples`` asks for."""
     common = sorted(set(base.tasks) & set(other.tasks))
     if not common:
         raise ConfigError(
@@ -127,7 +144,7 @@ def compare(
     paired, diffs, divergences = [], [], []
     for task in common:
         a, b = base.tasks[task], other.tasks[task]
-        _check_same_prompts(a, b, base.label, other.label)
+        check_same_prompts(a, b, base.label, other.label)
         pair = _pair(a, b)
         paired.append(pair)
         diff = _task_diff(task, a.metric or b.metric, pair, [len(pair.ids)], resamples, seed)
@@ -137,7 +154,7 @@ def compare(
         if samples:
             flipped = set(diffs[-1].lost) | set(diffs[-1].gained)
             for doc_id in pair.ids:
-                if samples == "all" or doc_id in flipped:
+                if samples is Listing.ALL or doc_id in flipped:
                     divergences += diverge(task, a.docs[doc_id], b.docs[doc_id])
     overall = _overall(diffs, paired, resamples, seed) if len(diffs) > 1 else None
     return Comparison(
@@ -167,8 +184,8 @@ def _notes(base: Run, other: Run) -> list[str]:
     return notes
 
 
-def _check_same_prompts(a: TaskRun, b: TaskRun, name_a: str, name_b: str) -> None:
-    """Runs on other prompts (few-shot count, template, dataset version) are not comparable."""
+def check_same_prompts(a: TaskRun, b: TaskRun, name_a: str, name_b: str) -> None:
+    """Refuse runs made on other prompts (few-shot count, template, dataset version)."""
     if a.dataset_hash and b.dataset_hash and a.dataset_hash != b.dataset_hash:
         raise ConfigError(
             f"{a.task}: {name_a!r} and {name_b!r} were graded on different dataset versions "
@@ -309,11 +326,13 @@ def _token_at(gen: Generation, char: int) -> int | None:
 
 
 def _writer(gen: Generation, token: int | None) -> str:
+    """The Writer value of ``token`` in ``gen``."""
     if gen.record is None or token is None:
-        return "?"
+        return Writer.UNKNOWN.value
     if token >= int(gen.record.get("tokens", 0)):
-        return "end"
-    return "llm" if token in set(gen.record.get("llm_positions", ())) else "slm"
+        return Writer.END.value
+    llm = token in set(gen.record.get("llm_positions", ()))
+    return (Writer.LLM if llm else Writer.SLM).value
 
 
 def _answer(doc: Doc, repeat: int) -> str | None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.jobs.diff import ACCOUNTING, Comparison, TaskDiff, compare
+from lm_eval_routed.jobs.diff import ACCOUNTING, Comparison, Listing, TaskDiff, compare
 from lm_eval_routed.jobs.readers import read_run
 from lm_eval_routed.jobs.report import Format, number, render
 from lm_eval_routed.jobs.runs import Run
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CHECK",
-        help="exit 1 when a task or the overall crosses it, e.g. score_drop>0.02 (repeatable)",
+        help="exit 1 when a task or the overall crosses it, e.g. 'score_drop>0.02' (repeatable)",
     )
     ap.add_argument("--labels", help="comma-separated names for the runs, in order")
     ap.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = [parse_check(text) for text in args.fail_if]
         start = time.perf_counter()
         runs = read_runs(args.runs, args.metric, args.labels, args.task)
-        mode = "all" if args.samples else "flips" if args.flips else None
+        mode = Listing.ALL if args.samples else Listing.FLIPS if args.flips else None
         comparisons = [compare(runs[0], run, mode, args.resamples, args.seed) for run in runs[1:]]
     except ConfigError as err:
         print(f"lm-eval-routed diff: {err}", file=sys.stderr)

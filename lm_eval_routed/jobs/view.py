@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.jobs.diff import diverge
+from lm_eval_routed.jobs.diff import check_same_prompts, diverge
 from lm_eval_routed.jobs.diff_cli import read_runs, write_atomic
 from lm_eval_routed.jobs.runs import Doc, Generation, Run, doc_order
 
@@ -288,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = [args.run, *([args.diff] if args.diff else [])]
         runs = read_runs(paths, args.metric, args.labels, args.task)
+        for task in set(runs[0].tasks) & set(runs[-1].tasks) if len(runs) > 1 else ():
+            check_same_prompts(
+                runs[1].tasks[task], runs[0].tasks[task], runs[1].label, runs[0].label
+            )
     except ConfigError as err:
         print(f"lm-eval-routed view: {err}", file=sys.stderr)
         return 2
