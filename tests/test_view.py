@@ -321,3 +321,16 @@ def test_diff_of_runs_on_other_prompts_is_refused(tmp_path, capsys):
     assert cli.main(["view", str(b), "--diff", str(a), "--out", str(tmp_path / "p.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "t doc 0:" in err and "different prompts" in err
+
+
+def test_evalplus_samples_show_the_completion_cut_at_its_tokens(tmp_path):
+    from run_fixtures import write_evalplus
+
+    samples = write_evalplus(tmp_path / "e", {"HumanEval/0": [(True, True), (False, False)]})
+    (card,) = render(tmp_path, str(samples)).cards
+    assert card["data"]["task"] == "humaneval" and card["data"]["score"] == "0.5"
+    first, second = card["sides"][0]["responses"]
+    # the raw file holds the prompt before each completion; the record's offsets cover the latter
+    assert [t for _, t in tokens_of(first)] == ["    return", " 1", "\n"]
+    assert [t for _, t in tokens_of(second)] == ["    return", " 0", "\n"]
+    assert [i for i, (c, _) in enumerate(tokens_of(first)) if "l" in c] == [1]
