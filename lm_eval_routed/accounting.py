@@ -71,6 +71,7 @@ class SampleRecord:
     llm_calls: int = 0
     slm_calls: int = 0
     scored_by: str = "generate"  # "generate", or "llm" for loglikelihood requests
+    token_offsets: list[int] | None = None  # token i wrote text[off[i]:off[i + 1]] (offsets.py)
     key: dict[str, Any] = field(default_factory=dict)  # task, doc_id, repeat, prompt_hash
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,25 +145,40 @@ def records_by_sample(
 ) -> list[list[dict[str, Any]]]:
     """Each lm-eval logged sample's records, from ``docs`` (request doc id -> its record dicts).
 
-    Requests carry a doc's position among the evaluated docs, while lm-eval logs the sample under its
-    index in the dataset; the two differ when ``--samples`` picks docs. So a sample takes the records
-    of its own doc id when their prompt is the sample's, and otherwise those of the first doc not yet
-    taken whose prompt it is (docs in order, so repeated prompts pair up in order too).
+    Requests carry a doc's position among the evaluated docs; lm-eval logs the sample at that
+    position under ``indices[position]`` when ``--samples`` picks docs, and once per filter. Where
+    every logged id is a request doc id of the same prompt, ids are positions; otherwise, within each
+    prompt, the distinct logged ids in increasing order pair with the positions in increasing order
+    (lm-eval's own numbering, for indices given in increasing order), so a doc logged under several
+    filters gets its records in each, and a sample only ever gets records of its own prompt.
     """
     docs = {doc: recs for doc, recs in docs.items() if recs}
-    by_prompt: dict[str, list[Any]] = {}
-    for doc in sorted(docs, key=lambda d: (d is None, d)):
-        by_prompt.setdefault(docs[doc][0]["key"].get("prompt_hash"), []).append(doc)
-    taken: set[Any] = set()
-    out = []
+
+    def prompt(doc: Any) -> Any:
+        return docs[doc][0]["key"].get("prompt_hash")
+
+    def own(sample: dict[str, Any]) -> bool:
+        doc = sample.get("doc_id")
+        return doc in docs and sample.get("prompt_hash") in (None, prompt(doc))
+
+    if all(own(sample) for sample in samples):
+        return [docs[sample.get("doc_id")] for sample in samples]
+    positions: dict[Any, list[Any]] = {}
+    for doc in sorted(docs, key=_doc_order):
+        positions.setdefault(prompt(doc), []).append(doc)
+    logged: dict[Any, set[Any]] = {}
     for sample in samples:
-        doc, prompt = sample.get("doc_id"), sample.get("prompt_hash")
-        own = docs.get(doc)
-        if own is None or prompt is not None and own[0]["key"].get("prompt_hash") != prompt:
-            doc = next((d for d in by_prompt.get(prompt, []) if d not in taken), None)
-        taken.add(doc)
-        out.append(docs.get(doc, []))
-    return out
+        logged.setdefault(sample.get("prompt_hash"), set()).add(sample.get("doc_id"))
+    pair = {
+        (hash_, doc_id): doc
+        for hash_, ids in logged.items()
+        for doc_id, doc in zip(sorted(ids, key=_doc_order), positions.get(hash_, []))
+    }
+    return [docs.get(pair.get((s.get("prompt_hash"), s.get("doc_id"))), []) for s in samples]
+
+
+def _doc_order(doc: Any) -> tuple[bool, Any]:
+    return (doc is None, doc)
 
 
 def _sync(device: torch.device) -> None:

@@ -17,6 +17,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lm_eval_routed.jobs.sweep_cli:main",
         "score a matrix of configs x tasks (resumable), then a leaderboard",
     ),
+    "diff": (
+        "lm_eval_routed.jobs.diff_cli:main",
+        "compare runs document by document: flips, paired CIs, accounting deltas",
+    ),
+    "view": (
+        "lm_eval_routed.jobs.view:main",
+        "one HTML page of a run's samples, the LLM's tokens highlighted",
+    ),
     "train": ("lm_eval_routed.training.cli:main", "build router labels and train routers"),
     "calibrate": ("lm_eval_routed.training.calibrate:main", "calibrate entropy thresholds"),
 }

@@ -65,6 +65,7 @@ class RoutedConfig:
     )
     params_llm_nominal: float | None = None
     accounting_path: str | None = None  # per-sample JSONL; default: next to lm-eval's sample logs
+    record_tokens: bool = True  # records carry each token's place in the text (token_offsets)
     trust_remote_code: bool = False
     name: str | None = None  # label used in leaderboards; default built from router + threshold
     extra: dict[str, Any] = field(default_factory=dict)  # router-specific keys kept verbatim
@@ -323,6 +324,7 @@ RUN_ONLY_KEYS = frozenset(
         "prepack",
         "device",
         "accounting_path",
+        "record_tokens",
     }
 )
 

@@ -44,6 +44,7 @@ from lm_eval_routed.models import (
     resolve_dtype,
     tokenizer_size,
 )
+from lm_eval_routed.offsets import with_offsets
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,17 @@ class RoutedRuntime:
 
     def generate(self, requests: list[GenRequest], on_done=None) -> list[GenResult]:
         """Run the decoder over ``requests`` at the configured batch size."""
-        return self.decoder.generate(requests, self.cfg.batch_size, on_done=on_done)
+        if not self.cfg.record_tokens:
+            return self.decoder.generate(requests, self.cfg.batch_size, on_done=on_done)
+        done: dict[int, GenResult] = {}
+
+        def finished(index: int, result: GenResult) -> None:
+            done[index] = with_offsets(result, self.tokenizer)  # once per sample, off the hot path
+            if on_done is not None:
+                on_done(index, done[index])
+
+        results = self.decoder.generate(requests, self.cfg.batch_size, on_done=finished)
+        return [done[i] for i in range(len(results))]
 
     @torch.inference_mode()
     def score(

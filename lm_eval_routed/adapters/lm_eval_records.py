@@ -87,10 +87,12 @@ def attach(samples: dict[str, list[dict[str, Any]]], records: list[dict[str, Any
         docs = by_task.get(task, {})
         for recs in docs.values():
             recs.sort(key=lambda r: (r["key"].get("idx") or 0, r["key"].get("repeat") or 0))
-        rows = []
+        rows, written = [], set()
         for sample, recs in zip(logged, records_by_sample(logged, docs)):
             sample["routed"] = [bare(r) for r in recs]
-            rows += [{**flat(r), "doc_id": sample.get("doc_id")} for r in recs]  # lm-eval's doc id
+            if sample.get("doc_id") not in written:  # a doc logged once per filter: its rows once
+                written.add(sample.get("doc_id"))
+                rows += [{**flat(r), "doc_id": sample.get("doc_id")} for r in recs]  # lm-eval's id
         _ROWS[task] = rows
 
 

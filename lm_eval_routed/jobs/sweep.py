@@ -272,8 +272,9 @@ def _tagged(line: bytes, cell: str) -> bool:
 
 
 def _join(samples: list[dict], records: list[dict]) -> list[dict]:
-    """One line per sample: lm-eval's metrics beside the accounting of every generation it made
-    (a task with ``repeats: n`` samples n answers per doc), in repeat order."""
+    """One line per sample: lm-eval's metrics, target and extracted answer beside the text and the
+    accounting of every generation it made (a task with ``repeats: n`` samples n answers per doc),
+    in repeat order; a task with several filters has a line per filter."""
     by_doc: dict[Any, list[dict]] = {}
     for rec in sorted(records, key=lambda r: r["key"].get("repeat", 0)):
         if rec.get("scored_by") == "generate":
@@ -285,8 +286,14 @@ def _join(samples: list[dict], records: list[dict]) -> list[dict]:
             {
                 "doc_id": sample["doc_id"],
                 "prompt_hash": sample.get("prompt_hash"),
+                "filter": sample.get("filter"),
                 "metrics": metrics,
+                "target": sample.get("target"),
                 "response": (sample.get("filtered_resps") or [None])[0],
+                # every repeat's text beside its record: routed[i] wrote responses[i]
+                "responses": [
+                    r for req in sample.get("resps") or [] for r in req if isinstance(r, str)
+                ],
                 "routed": [bare(r) for r in recs],
             }
         )
