@@ -138,7 +138,7 @@ class RoutedRuntime:
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
                 "guess_ahead": self.cfg.guess_ahead,
-                "llm_lookahead": self.decoder.lookahead,
+                "llm_lookahead": self.decoder.riding.enabled,
                 "prepacked": self.prepacked,
                 "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},
                 "schedule": self.cfg.schedule,
@@ -216,7 +216,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         eos_ids=eos_ids(tokenizer, llm),
         llm_min_batch=min_batch,
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
-        lookahead=cfg.llm_lookahead and cfg.schedule != "lockstep",
+        riding=cfg.llm_lookahead and cfg.schedule != "lockstep",
     )
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm
@@ -250,8 +250,8 @@ def with_costs(cfg: RoutedConfig, costs: CostModel) -> RoutedConfig:
     """``cfg`` with the cost constants it leaves to measurement taken from ``costs`` (another runtime
     over the same pair), so runs share one cost model, and with it their schedule, and measure once."""
     return cfg.replace(
-        cost_slm=cfg.cost_slm or costs.slm,
-        cost_llm=cfg.cost_llm or costs.llm,
+        cost_slm=cfg.cost_slm or tuple(costs.slm),
+        cost_llm=cfg.cost_llm or tuple(costs.llm),
         cost_router=cfg.cost_router or costs.router,
     )
 

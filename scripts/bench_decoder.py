@@ -169,10 +169,11 @@ def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int, draw: int = 0
     wall = time.perf_counter() - start
     n_tokens = sum(r.record.tokens for r in results)
     llm_forwards = sum(1 for model, _ in rt.decoder.trace if model == "llm")
-    right, checked = rt.decoder.guess_record
+    counters = rt.decoder.counters
+    right, checked = counters.guesses_right, counters.guesses_checked
     llm_tokens = sum(r.record.tokens_llm for r in results)
     return {
-        "taken_ahead": rt.decoder.taken_ahead / llm_tokens if llm_tokens else None,
+        "taken_ahead": counters.taken_at_hand / llm_tokens if llm_tokens else None,
         "guesses_right": right / checked if checked else None,
         "wall_s": wall,
         "tokens": n_tokens,

@@ -35,6 +35,7 @@ no rule changes a sample's tokens, only when they are computed.
 from __future__ import annotations
 
 from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.core.rows import Row
 
 
 class LLMSchedule:
@@ -43,7 +44,7 @@ class LLMSchedule:
     def __init__(self, costs: CostModel, min_batch: int = 0) -> None:
         self.costs = costs
         self.min_batch = min_batch  # 0: the cost rule above
-        self.priced = costs.llm[0] > 0 and costs.forward_s("slm", 1) > 0
+        self.priced = costs.llm.fixed > 0 and costs.slm.seconds(1) > 0
         self.gain = 0  # tokens collected since the last LLM forward
         self.spent = 0.0  # their modeled seconds: SLM steps, and each token's LLM share
 
@@ -58,14 +59,14 @@ class LLMSchedule:
         """Count an SLM step in which ``rows`` rows moved on, feeding ``tokens_fed`` tokens (0: every
         row was routed before the SLM ran, so no SLM forward is paid)."""
         self.gain += rows
-        self.spent += rows * self.costs.llm[1]
+        self.spent += rows * self.costs.llm.per_token
         if tokens_fed:
-            self.spent += self.costs.forward_s("slm", tokens_fed)
+            self.spent += self.costs.slm.seconds(tokens_fed)
 
     def llm_ran(self, still_waiting: int = 0) -> None:
         """The LLM served the waiting rows: a new collection starts, holding the rows that wait
         again at once (stitch mode: the LLM keeps control) since their next token is due too."""
-        self.gain, self.spent = still_waiting, still_waiting * self.costs.llm[1]
+        self.gain, self.spent = still_waiting, still_waiting * self.costs.llm.per_token
 
     def due(self, waiting: int, unfinished: int, lag: int | None = None) -> bool:
         """Whether the LLM runs now, with ``waiting`` of ``unfinished`` rows waiting for it.
@@ -82,7 +83,14 @@ class LLMSchedule:
         if not self.priced:
             return waiting >= (unfinished + 1) // 2
         decoding = unfinished - waiting
-        step = self.costs.forward_s("slm", decoding) + decoding * self.costs.llm[1]
-        if lag is not None and lag * step < self.costs.llm[0]:
+        step = self.costs.slm.seconds(decoding) + decoding * self.costs.llm.per_token
+        if lag is not None and lag * step < self.costs.llm.fixed:
             return False  # the waiting rows are not yet what the run's end waits on
-        return decoding / step < self.gain / (self.spent + self.costs.llm[0])
+        return decoding / step < self.gain / (self.spent + self.costs.llm.fixed)
+
+
+def end_lag(waiting: list[Row], unfinished: list[Row]) -> int:
+    """How many more tokens the waiting row furthest from its end has left than any row still
+    decoding (each row's token budget: the one length known before it ends); ``due``'s ``lag``."""
+    decoding = [r.left for r in unfinished if not r.waiting]
+    return max(r.left for r in waiting) - max(decoding, default=0)
