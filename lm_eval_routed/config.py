@@ -112,8 +112,9 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 _FIELDS = {f.name: f for f in fields(RoutedConfig) if f.name != "extra"}
-# Keys a router may read from ``extra`` (they are validated by the router itself).
-ROUTER_KEYS = ("router_hidden", "router_device")
+# Keys a router may read from ``extra`` (they are validated by the router itself); no router reads
+# one now, so every key outside RoutedConfig's fields is refused.
+ROUTER_KEYS: tuple[str, ...] = ()
 
 
 def _coerce(key: str, raw: Any) -> Any:

@@ -24,6 +24,8 @@ def test_paper_presets_ship():
     "args,needle",
     [
         ({"tempreature": "1"}, "unknown key 'tempreature'"),
+        ({"router_hidden": "64"}, "unknown key 'router_hidden'"),  # no router reads it
+        ({"router_device": "cpu"}, "unknown key 'router_device'"),
         ({"p": "1.5"}, "p=1.5 is out of range"),
         ({"batch_size": "zero"}, "batch_size='zero' is not a valid int"),
         ({"dtype": "int4"}, "choose one of: auto, float32"),
