@@ -100,9 +100,8 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
     dec.riding.costs = dataclasses.replace(dec.costs, llm=(0.01, 0.0))  # tokens free, as on a GPU
     assert dec.riding.rides(row_with(left=1, unseen=5), dec.counters)
     unseen_by_the_llm = row_with(left=67, unseen=5)
-    unseen_by_the_llm.held[Model.LLM] = (
-        0  # it would feed its prompt: it waits for its first routed one
-    )
+    # it would feed its prompt: it waits for its first routed one
+    unseen_by_the_llm.held[Model.LLM] = 0
     assert not dec.riding.rides(unseen_by_the_llm, dec.counters)
     dec.riding.enabled = False
     assert not dec.riding.rides(row_with(left=67, unseen=5), dec.counters)

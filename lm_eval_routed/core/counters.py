@@ -38,6 +38,11 @@ class RunCounters:
         self.routed += sum(decided)
         self.decided += len(decided)
 
+    def count_llm_forward(self, waiting: int) -> None:
+        """Count one LLM forward run for ``waiting`` waiting rows."""
+        self.rows_served += waiting
+        self.llm_forwards += 1
+
     def count_guess(self, right: bool) -> None:
         """Count one guess the LLM checked."""
         self.guesses_right += right

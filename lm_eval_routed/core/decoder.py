@@ -130,8 +130,7 @@ class MixedDecoder:
             self._verify(waiting)
         else:
             self._llm_step(waiting, self.riding.riders(active, self.counters))
-        self.counters.rows_served += len(waiting)
-        self.counters.llm_forwards += 1
+        self.counters.count_llm_forward(len(waiting))
         self.schedule.llm_ran(sum(1 for r in waiting if r.waiting))
 
     # -- the SLM's step and the outcomes --------------------------------------------------------

@@ -57,9 +57,8 @@ def _flag(model: torch.nn.Module, name: str) -> bool:
 class ForwardOut:
     """Logits and last-layer hidden states of one forward, rows in the caller's order."""
 
-    logits: (
-        Tensor  # (b, V) at each row's last new token, or (b, q, V) when all positions were asked
-    )
+    # (b, V) at each row's last new token, or (b, q, V) when more positions were asked
+    logits: Tensor
     hidden: Tensor  # (b, H) at each row's last new token
 
 

@@ -59,9 +59,8 @@ class Unchecked:
     """
 
     tokens: list[int] = field(default_factory=list)
-    probs: list[Tensor | None] = field(
-        default_factory=list
-    )  # speculative: each draft's distribution
+    # speculative: the distribution each draft was sampled from (None when greedy)
+    probs: list[Tensor | None] = field(default_factory=list)
     guesses: list[int] = field(default_factory=list)  # indices into ``tokens`` routed to the LLM
     route_states: list[Tensor] = field(default_factory=list)  # route_gen right after each guess
     gamma: int = 0  # speculative: the row's draft length (adapts to its acceptance)
