@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from lm_eval_routed.accounting import CostModel, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
-from lm_eval_routed.core.cpu_linear import is_prepacked, prepack_linears, unpack_linears
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import checked_engine, unsupported
@@ -55,11 +54,8 @@ class RoutedRuntime:
 
     @property
     def prepacked(self) -> bool:
-        """Whether both models' linear layers run on prepacked oneDNN weights (CPU) now.
-
-        Read from the models, not stored: models shared by several runtimes follow the last one built.
-        """
-        return is_prepacked(self.slm) and is_prepacked(self.llm)
+        """Whether both engines run their linear layers on prepacked oneDNN weights (CPU)."""
+        return self.decoder.slm.prepacked and self.decoder.llm.prepacked
 
     @property
     def max_length(self) -> int:
@@ -187,18 +183,13 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
     else:  # models handed in: their own dtypes are what runs
         dtype, slm_dtype = llm.dtype, slm.dtype
-    # patched on the model objects: whatever else runs them (plain generate, lm-eval's hf) follows
-    for model in (slm, llm):
-        if cfg.prepack:
-            prepack_linears(model)
-        else:
-            unpack_linears(model)
+    # the engines run copies of their own over the models' weights: the models stay as loaded
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
     slm_engine, llm_engine = (
-        make_engine(slm, vocab, cfg.engine),
-        make_engine(llm, vocab, cfg.engine),
+        make_engine(slm, vocab, cfg.engine, cfg.prepack),
+        make_engine(llm, vocab, cfg.engine, cfg.prepack),
     )
     router = make_router(cfg.router, cfg, slm)
     if cfg.router == "speculative" and cfg.schedule == "lockstep":
@@ -223,10 +214,13 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     )
 
 
-def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFEngine:
+def make_engine(
+    model: torch.nn.Module, vocab: int, choice: str = "auto", prepack: bool = True
+) -> HFEngine:
     """The engine ``choice`` names for ``model``: ``native`` where it covers the model and agrees
-    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for."""
-    hf = HFEngine(model, vocab)
+    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for; with
+    ``prepack``, on prepacked CPU linear layers of its own."""
+    hf = HFEngine(model, vocab, prepack=prepack)
     if choice == "hf":
         return hf
     name = type(model).__name__
