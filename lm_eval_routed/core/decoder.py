@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lm_eval_routed.accounting import CostModel, Model
+from lm_eval_routed.core.cache import RowKVCache
 from lm_eval_routed.core.counters import RunCounters, TracedForward
 from lm_eval_routed.core.drafts import Drafting
 from lm_eval_routed.core.engine import ForwardOut, HFEngine
@@ -65,9 +66,7 @@ class MixedDecoder:
         self.blind = token and router.pre_route([]) is not None  # decides without the SLM
         self.counters = RunCounters()
         self.trace: list[TracedForward] | None = None  # set to a list to record every forward
-        self._caches: dict[Model, object] = {}
-
-    # -- the loop -----------------------------------------------------------------------------
+        self._caches: dict[Model, RowKVCache] = {}  # for the length of a ``generate`` call
 
     @torch.inference_mode()
     def generate(

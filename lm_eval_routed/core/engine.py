@@ -106,7 +106,7 @@ class HFEngine:
         self.device, self.dtype = weight.device, weight.dtype
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
         self.pad_id = 0
-        # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
+        # 4 rows suit CPU GEMMs (module docstring); 8 keeps GPU tensor-core shapes aligned
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
         self.gather = gather  # attention path (cache.py); None: chosen by device
         config = self.base.config

@@ -12,9 +12,9 @@ one more SLM step over the rows still decoding would add tokens more slowly than
 yield them if the LLM ran now: the tokens collected since the last forward over their time plus the
 LLM's fixed cost (each token's own LLM cost is counted on both sides, it is paid either way). That
 is the marginal value theorem's rule for leaving a patch: it maximises tokens per second when the
-gain of an extra step falls as rows start waiting. On the demo pair it was as fast as the best
-fixed ``llm_min_batch`` at every LLM share measured (docs/performance.md), with no number to choose
-per machine.
+gain of an extra step falls as rows start waiting. On the demo pair it matched the best fixed
+``llm_min_batch`` at every LLM share measured (docs/performance.md), with no number to choose per
+machine.
 
 That rate is what to maximise while requests queue for the rows' slots. Once none is left, what counts
 is when the last row ends. A waiting row with fewer tokens left to write than some row still decoding
@@ -23,8 +23,8 @@ holds the LLM until the waiting row with the most tokens left (by its token budg
 known before a row ends) has more left than every decoding row by as many SLM steps as one LLM
 forward's fixed cost pays for: past that, its wait delays the end by more than a forward it may save.
 Paused rows drift apart, and without this the run ended on a tail of forwards that served a row or
-two each, where lockstep rows end together; on the demo pair it made 1-11% fewer LLM forwards at the
-same speed (docs/performance.md).
+two each, where lockstep rows end together; with this rule the demo pair's runs made fewer LLM
+forwards at the same speed (docs/performance.md).
 
 A fixed ``llm_min_batch`` overrides the rule (``schedule=lockstep`` is ``llm_min_batch=1``). Without
 usable costs (an LLM forward priced at zero), the LLM runs once half the rows in flight wait.
