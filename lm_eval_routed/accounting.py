@@ -16,24 +16,51 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
 import torch
 
 
+class Model(str, Enum):
+    """Which of the pair a forward, a token or a cost belongs to (equal to its name as a string)."""
+
+    SLM = "slm"
+    LLM = "llm"
+
+
+class ForwardCost(NamedTuple):
+    """Modeled seconds of one forward: ``fixed + per_token * tokens``."""
+
+    fixed: float
+    per_token: float
+
+    def seconds(self, tokens: int) -> float:
+        """Modeled seconds of one forward over ``tokens`` tokens."""
+        return self.fixed + self.per_token * tokens
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per forward call: ``fixed + per_token * tokens`` for each model, ``router`` per call."""
+    """Seconds per forward call of each model (``ForwardCost``, or a (fixed, per_token) pair), and
+    ``router`` seconds per router call."""
 
-    slm: tuple[float, float]
-    llm: tuple[float, float]
+    slm: ForwardCost
+    llm: ForwardCost
     router: float = 0.0
     source: str = "config"  # "config" or "measured"
 
-    def forward_s(self, model: str, tokens: int) -> float:
-        """Modeled seconds of one forward of ``model`` ('slm' or 'llm') over ``tokens`` tokens."""
-        fixed, per_token = self.slm if model == "slm" else self.llm
-        return fixed + per_token * tokens
+    def __post_init__(self) -> None:
+        for model in Model:  # pairs from a config or a script read as records
+            object.__setattr__(self, model.value, ForwardCost(*getattr(self, model.value)))
+
+    def of(self, model: Model) -> ForwardCost:
+        """The forward cost of ``model``."""
+        return self.slm if model == Model.SLM else self.llm
+
+    def forward_s(self, model: Model, tokens: int) -> float:
+        """Modeled seconds of one forward of ``model`` over ``tokens`` tokens."""
+        return self.of(model).seconds(tokens)
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,6 @@ from tqdm import tqdm
 
 from lm_eval_routed.accounting import CostModel, ParamSizes, measure_forward_cost
 from lm_eval_routed.config import ConfigError, RoutedConfig
-from lm_eval_routed.core.cpu_linear import (
-    PackedLinear,
-    is_prepacked,
-    prepack_linears,
-    unpack_linears,
-)
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import checked_engine, unsupported
@@ -68,11 +62,8 @@ class RoutedRuntime:
 
     @property
     def prepacked(self) -> bool:
-        """Whether both models' linear layers run on prepacked oneDNN weights (CPU) now.
-
-        Read from the models, not stored: models shared by several runtimes follow the last one built.
-        """
-        return is_prepacked(self.slm) and is_prepacked(self.llm)
+        """Whether both engines run their linear layers on prepacked oneDNN weights (CPU)."""
+        return self.decoder.slm.prepacked and self.decoder.llm.prepacked
 
     @property
     def max_length(self) -> int:
@@ -134,20 +125,14 @@ class RoutedRuntime:
     @contextmanager
     def _scoring(self) -> Iterator[HFEngine]:
         """The engine scoring runs on. Prepacked oneDNN kernels round differently from torch's
-        default ones, so over prepacked weights scores come from Hugging Face's forward with the
-        linear layers on their own weights for the while, as plain ``transformers`` and lm-eval's
-        ``hf`` compute them; the packed copies stay for decoding."""
-        packed = [m for m in self.llm.modules() if isinstance(m, PackedLinear)]
-        if not packed:
+        default ones, so where decoding runs prepacked, scores come from Hugging Face's forward over
+        the LLM as loaded, as plain ``transformers`` and lm-eval's ``hf`` compute them."""
+        if not self.decoder.llm.prepacked:
             yield self.decoder.llm
             return
-        for module in packed:
-            module.__class__ = torch.nn.Linear
-        try:
-            yield HFEngine(self.llm, self.decoder.llm.vocab_size)
-        finally:
-            for module in packed:
-                module.__class__ = PackedLinear
+        yield HFEngine(
+            self.llm, self.decoder.llm.vocab_size
+        )  # its own module tree, no copy of weights
 
     def _score(
         self, engine: HFEngine, windows: list[list[int]], n_conts: list[int], quiet: bool
@@ -186,7 +171,7 @@ class RoutedRuntime:
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
                 "guess_ahead": self.cfg.guess_ahead,
-                "llm_lookahead": self.decoder.lookahead,
+                "llm_lookahead": self.decoder.riding.enabled,
                 "prepacked": self.prepacked,
                 "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},
                 "schedule": self.cfg.schedule,
@@ -274,18 +259,13 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         dtype, slm_dtype = llm.dtype, slm.dtype
     check_vocab_fits(slm, tokenizer, cfg.slm, "slm")
     check_vocab_fits(llm, tokenizer, cfg.llm, "llm")
-    # patched on the model objects: whatever else runs them (plain generate, lm-eval's hf) follows
-    for model in (slm, llm):
-        if cfg.prepack:
-            prepack_linears(model)
-        else:
-            unpack_linears(model)
+    # the engines run copies of their own over the models' weights: the models stay as loaded
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
     slm_engine, llm_engine = (
-        make_engine(slm, vocab, cfg.engine),
-        make_engine(llm, vocab, cfg.engine),
+        make_engine(slm, vocab, cfg.engine, cfg.prepack),
+        make_engine(llm, vocab, cfg.engine, cfg.prepack),
     )
     router = make_router(cfg.router, cfg, slm)
     if cfg.router == "speculative" and cfg.schedule == "lockstep":
@@ -309,7 +289,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         eos_ids=eos_ids(tokenizer, llm),
         llm_min_batch=min_batch,
         guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
-        lookahead=cfg.llm_lookahead and cfg.schedule != "lockstep",
+        riding=cfg.llm_lookahead and cfg.schedule != "lockstep",
     )
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm
@@ -327,10 +307,13 @@ def _check_llm_vocab(cfg: RoutedConfig, tokenizer) -> None:
         )
 
 
-def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFEngine:
+def make_engine(
+    model: torch.nn.Module, vocab: int, choice: str = "auto", prepack: bool = True
+) -> HFEngine:
     """The engine ``choice`` names for ``model``: ``native`` where it covers the model and agrees
-    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for."""
-    hf = HFEngine(model, vocab)
+    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for; with
+    ``prepack``, on prepacked CPU linear layers of its own."""
+    hf = HFEngine(model, vocab, prepack=prepack)
     if choice == "hf":
         return hf
     name = type(model).__name__
@@ -354,8 +337,8 @@ def with_costs(cfg: RoutedConfig, costs: CostModel) -> RoutedConfig:
     """``cfg`` with the cost constants it leaves to measurement taken from ``costs`` (another runtime
     over the same pair), so runs share one cost model, and with it their schedule, and measure once."""
     return cfg.replace(
-        cost_slm=cfg.cost_slm or costs.slm,
-        cost_llm=cfg.cost_llm or costs.llm,
+        cost_slm=cfg.cost_slm or tuple(costs.slm),
+        cost_llm=cfg.cost_llm or tuple(costs.llm),
         cost_router=cfg.cost_router or costs.router,
     )
 

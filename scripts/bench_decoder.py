@@ -32,7 +32,9 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from lm_eval_routed.config import ENGINES, ConfigError, load_config
+from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import round_up
+from lm_eval_routed.core.engine import shared_weights_copy
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.models import cache_kwarg
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
@@ -89,6 +91,24 @@ class PeakMemory:
         return None
 
 
+class Baselines:
+    """The plain models a routed run is set against, on the kernels its engines use: with prepacked
+    engines, prepacked copies of the runtime's models over the same weights (the models themselves
+    stay as loaded). Their packed copies are let go before each routed run (``release``), so its
+    peak memory holds what the run itself holds."""
+
+    def __init__(self, rt: RoutedRuntime) -> None:
+        self.slm, self.llm = rt.slm, rt.llm
+        if rt.prepacked:
+            self.slm, self.llm = (shared_weights_copy(m) for m in (rt.slm, rt.llm))
+            for model in (self.slm, self.llm):
+                cpu_linear.prepack_linears(model)
+
+    def release(self) -> None:
+        for module in (*self.slm.modules(), *self.llm.modules()):
+            cpu_linear.release(module)
+
+
 class PlainCosts:
     """Plain forwards of each model at (batch, new tokens) over a warm cache, memoized per repeat.
 
@@ -98,8 +118,8 @@ class PlainCosts:
     side by side do not.
     """
 
-    def __init__(self, rt: RoutedRuntime, kv_len: int) -> None:
-        self.models = {"slm": rt.slm, "llm": rt.llm}
+    def __init__(self, rt: RoutedRuntime, models: Baselines, kv_len: int) -> None:
+        self.models = {"slm": models.slm, "llm": models.llm}
         self.kv_len, self.device = kv_len, rt.device
         self.memo: dict[tuple[str, int, int], float] = {}
         self.warm: dict[tuple[str, int], DynamicCache] = {}
@@ -169,10 +189,11 @@ def run_routed(rt: RoutedRuntime, batch: int, tokens: int, n: int, draw: int = 0
     wall = time.perf_counter() - start
     n_tokens = sum(r.record.tokens for r in results)
     llm_forwards = sum(1 for model, _ in rt.decoder.trace if model == "llm")
-    right, checked = rt.decoder.guess_record
+    counters = rt.decoder.counters
+    right, checked = counters.guesses_right, counters.guesses_checked
     llm_tokens = sum(r.record.tokens_llm for r in results)
     return {
-        "taken_ahead": rt.decoder.taken_ahead / llm_tokens if llm_tokens else None,
+        "taken_ahead": counters.taken_at_hand / llm_tokens if llm_tokens else None,
         "guesses_right": right / checked if checked else None,
         "wall_s": wall,
         "tokens": n_tokens,
@@ -191,8 +212,8 @@ def run_plain(model, rt: RoutedRuntime, batch: int, tokens: int, n: int, assista
         max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad
     )
     kwargs = {"assistant_model": assistant} if assistant is not None else {}
-    # Layers pack their weights on first use, and building a native engine frees the copies it
-    # stands in for: one untimed forward per model, so no timed run pays for packing.
+    # Prepacked layers pack their weights on first use (and let go of them before each routed run):
+    # one untimed forward per model, so no timed run pays for packing.
     for net in (model, assistant):
         if net is not None:
             net(input_ids=torch.tensor([reqs[0].prompt_ids[:4]], device=rt.device))
@@ -279,8 +300,9 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
     """
     base = rt_for({"router": "slm-only"})
     memory = PeakMemory(base.device)
+    models = Baselines(base)
     plain = PlainCosts(
-        base, kv_len=len(requests(base, 1, args.tokens)[0].prompt_ids) + args.tokens // 2
+        base, models, kv_len=len(requests(base, 1, args.tokens)[0].prompt_ids) + args.tokens // 2
     )
     rows = []
     for batch in args.batches:
@@ -302,12 +324,13 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
             # both models stay loaded: what each plain run adds on top of that is its own peak, and
             # the two plain models run apart would need both weights plus both additions
             held = memory.now()
-            llm_s, llm_peak = memory.during(run_plain, base.llm, base, batch, args.tokens, n)
-            slm_s, slm_peak = memory.during(run_plain, base.slm, base, batch, args.tokens, n)
+            llm_s, llm_peak = memory.during(run_plain, models.llm, base, batch, args.tokens, n)
+            slm_s, slm_peak = memory.during(run_plain, models.slm, base, batch, args.tokens, n)
             both = None if None in (held, llm_peak, slm_peak) else llm_peak + slm_peak - held
             record["plain slm generate"].append({"speedup_vs_llm_generate": llm_s / slm_s})
             for name, extra in cases:
-                llm_s = run_plain(base.llm, base, batch, args.tokens, n)
+                llm_s = run_plain(models.llm, base, batch, args.tokens, n)
+                models.release()
                 run, peak = memory.during(
                     run_routed, rt_for(extra), batch, args.tokens, n, max(rep, 0)
                 )
@@ -324,7 +347,9 @@ def bench_decoding(rt_for, args, save: Callable[[dict], None] = lambda decoding:
                 if run["guesses_right"] is not None:
                     figures["guesses_right"] = run["guesses_right"]
                 if name == "speculative":
-                    assisted = run_plain(base.llm, base, batch, args.tokens, n, assistant=base.slm)
+                    assisted = run_plain(
+                        models.llm, base, batch, args.tokens, n, assistant=models.slm
+                    )
                     figures["ratio_vs_assisted_generation"] = run["wall_s"] / assisted
                 record[name].append(figures)
             versus_lockstep({name: record[name][-1] for name, _ in cases})
@@ -405,12 +430,11 @@ def bench_lm_eval(args) -> dict:
         router="llm-only",
         prepack=str(not args.no_prepack),
     )
-    hf = HFLM(
-        pretrained=routed.runtime.llm, tokenizer=routed.tokenizer, batch_size=args.lm_eval_batch
-    )
     rt = routed.runtime
-    with torch.inference_mode():  # packs the layers' copies the native engine freed (run_plain)
-        rt.llm(input_ids=torch.tensor([[rt.start_token_id]], device=rt.device))
+    llm = Baselines(rt).llm
+    hf = HFLM(pretrained=llm, tokenizer=routed.tokenizer, batch_size=args.lm_eval_batch)
+    with torch.inference_mode():  # its layers pack their weights on first use: not timed
+        llm(input_ids=torch.tensor([[rt.start_token_id]], device=rt.device))
     times = defaultdict(list)
     for _ in range(args.repeats):
         for name, lm in (("hf", hf), ("routed", routed)):
@@ -506,7 +530,7 @@ def main() -> None:
     ap.add_argument(
         "--no-prepack",
         action="store_true",
-        help="CPU: keep torch's default linear kernels (baselines share the models, so follow too)",
+        help="CPU: keep torch's default linear kernels (in the engines and the baselines)",
     )
     ap.add_argument(
         "--task", default="routed_demo", help="generate_until task for the lm-eval comparison"

@@ -107,7 +107,7 @@ def replay(
         params=ParamSizes(1, 1),
         eos_ids={EOS},
         llm_min_batch=1 if lockstep else args.llm_min_batch,
-        lookahead=not lockstep and not args.no_lookahead,
+        riding=not lockstep and not args.no_lookahead,
     )
     decoder.trace = []
     reqs = [GenRequest([2 + i] * PROMPT, tokens, seed=draw * n + i) for i in range(n)]

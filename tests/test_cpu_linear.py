@@ -6,14 +6,14 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from lm_eval_routed.core.cpu_linear import PackedLinear, prepack_linears, supported, unpack_linears
+from lm_eval_routed.core.cpu_linear import PackedLinear, packed_weight, prepack_linears, supported
 
 pytestmark = pytest.mark.skipif(
     not supported(torch.float32), reason="this torch build has no prepacked oneDNN linear"
 )
 
 
-def test_prepacked_model_matches_plain_and_unpacks():
+def test_prepacked_model_matches_plain():
     model = tiny_llama(2, seed=3)
     ids = torch.randint(0, 60, (2, 9))
     with torch.inference_mode():
@@ -23,10 +23,18 @@ def test_prepacked_model_matches_plain_and_unpacks():
         )
         packed = model(ids).logits
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
-    unpack_linears(model)
-    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_layers_over_one_weight_share_its_packed_copy():
+    first, second = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+    second.weight = first.weight  # a second module tree over the same weight
+    for layer in (first, second):
+        prepack_linears(layer)
+    x = torch.randn(4, 16)
     with torch.inference_mode():
-        assert torch.equal(model(ids).logits, plain)
+        first(x), second(x)
+    assert first.__dict__["_routed_packed"] is second.__dict__["_routed_packed"]
+    assert packed_weight(first.weight) is first.__dict__["_routed_packed"]
 
 
 def test_each_row_is_the_same_at_any_padded_row_count():
@@ -55,12 +63,15 @@ def test_training_and_weight_changes_take_the_plain_path():
 
 
 def test_runtime_records_and_honours_prepack(make_runtime, pair):
-    rt = make_runtime(router="random", p="0.3", prepack="false")
-    assert rt.info()["routed"]["prepacked"] is False
-    assert not any(isinstance(m, PackedLinear) for m in pair[1].modules())
-    rt = make_runtime(router="random", p="0.3")
-    assert rt.info()["routed"]["prepacked"] is True
-    assert any(isinstance(m, PackedLinear) for m in pair[1].modules())
+    unpacked = make_runtime(router="random", p="0.3", prepack="false")
+    assert unpacked.info()["routed"]["prepacked"] is False
+    assert not any(isinstance(m, PackedLinear) for m in unpacked.decoder.llm.model.modules())
+    packed = make_runtime(router="random", p="0.3")
+    assert packed.info()["routed"]["prepacked"] is True
+    assert any(isinstance(m, PackedLinear) for m in packed.decoder.llm.model.modules())
+    assert unpacked.info()["routed"]["prepacked"] is False  # each runtime keeps its own
+    # the engines prepack copies of their own: the models stay as they were loaded
+    assert not any(isinstance(m, PackedLinear) for model in pair for m in model.modules())
 
 
 def test_layers_in_a_dtype_the_cpu_lacks_stay_plain():
@@ -90,7 +101,7 @@ def test_a_prepacked_model_copies_pickles_and_casts(tmp_path):
         with torch.inference_mode():
             got = twin(ids).logits.float()
         assert got.dtype == torch.float32 and (got - want).abs().max() < 0.5
-        assert twin.lm_head._routed_packed[0].dtype == torch.bfloat16
+        assert packed_weight(twin.lm_head.weight).packed.dtype == torch.bfloat16
 
 
 def test_subclasses_of_linear_keep_their_own_forward():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lm_eval_routed.config import load_config
-from lm_eval_routed.core import drafts
+from lm_eval_routed.core import guesses
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.runtime import build_runtime
 
@@ -148,7 +148,7 @@ def test_guessing_ahead_does_not_change_outputs(
 ):
     # the tiny pair disagrees on most tokens, so most guesses are dropped and decoded again; guess
     # on regardless of how often that happens, to roll back as often as possible
-    monkeypatch.setattr(drafts, "GUESS_BREAK_EVEN", 0.0)
+    monkeypatch.setattr(guesses, "GUESS_BREAK_EVEN", 0.0)
     base = make_runtime(router=router, batch_size=1, guess_ahead="0", **extra)
     want = base.generate(requests(tokenizer))
     for ahead, batch in ((1, 8), (3, 8), (8, 8), (4, 1)):
@@ -194,7 +194,7 @@ def test_wrong_guesses_turn_guessing_off(make_runtime, tokenizer, monkeypatch):
 
     always = None
     with monkeypatch.context() as m:
-        m.setattr(drafts, "GUESS_BREAK_EVEN", 0.0)
+        m.setattr(guesses, "GUESS_BREAK_EVEN", 0.0)
         always = slm_tokens()
     # the tiny pair's guesses are nearly all wrong: the run soon stops making them
     assert slm_tokens() < 0.8 * always

@@ -23,9 +23,8 @@ def test_stop_string_across_token_boundaries(make_runtime, tokenizer):
     cut = rt.generate([GenRequest(prompt, 30, stop=(stop,))])[0]
     assert cut.finish_reason == "stop"
     assert cut.text == text[: text.index(stop)]
-    assert (
-        len(cut.token_ids) == text.index(stop) + 3
-    )  # decoding stopped right after the stop string
+    # decoding stopped right after the stop string
+    assert len(cut.token_ids) == text.index(stop) + 3
 
 
 def test_eos_and_length(make_runtime, tokenizer):

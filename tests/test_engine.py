@@ -106,9 +106,8 @@ def test_rows_outside_a_forward_keep_their_cache(engine):
 def test_rolled_back_row_overwrites_stale_slots(engine, pair):
     cache, _ = prefilled(engine)
     n = len(PROMPTS[1])
-    engine.forward(
-        cache, [1], [n], [[70, 71, 72]]
-    )  # drafts later rejected: the length goes back to n
+    # drafts later rejected: the length goes back to n
+    engine.forward(cache, [1], [n], [[70, 71, 72]])
     out = engine.forward(cache, [1], [n], [[80]])
     torch.testing.assert_close(
         out.logits[0], reference(pair[1], PROMPTS[1] + [80])[-1], atol=1e-4, rtol=0

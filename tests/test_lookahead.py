@@ -20,7 +20,7 @@ def run(make_runtime, tokenizer, lookahead: bool, sample: bool = False, **args):
     kw = {"do_sample": True, "temperature": 0.8, "top_p": 0.9} if sample else {}
     results = rt.generate(requests(tokenizer, 64, **kw))
     forwards = sum(1 for model, _ in rt.decoder.trace if model == "llm")
-    return results, forwards, rt.decoder.taken_ahead
+    return results, forwards, rt.decoder.counters.taken_at_hand
 
 
 ROUTERS = [
@@ -80,26 +80,28 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
 ):
     """With chance r a ride saves one row of an LLM forward (fixed cost / rows per forward); the
     tokens it feeds are wasted if no later position of the row is routed, chance (1 - r) ** left."""
+    from lm_eval_routed.accounting import Model
     from lm_eval_routed.core.rows import Row
 
     def row_with(left: int, unseen: int) -> Row:
         req = GenRequest(prompt_ids=[1], max_new_tokens=100)
-        row = Row(0, req, 0, [1] + [0] * (100 - left), 1, None, None)  # type: ignore[arg-type]
-        row.llm_len = len(row.seq) - unseen
+        row = Row(0, req, 0, [1] + [0] * (100 - left), None, None)  # type: ignore[arg-type]
+        row.held[Model.LLM] = len(row.seq) - unseen
         return row
 
     dec = make_runtime(router="random", p="0.05", batch_size=8).decoder  # LLM 10 ms + 1 ms/token
-    dec.routed = [4, 98]  # r = (4 + 1) / (98 + 2) = 0.05
+    dec.counters.routed, dec.counters.decided = 4, 98  # r = (4 + 1) / (98 + 2) = 0.05
     # (5 + 1) / (1 + 1) = 3 rows per forward: a saved wait is worth 0.05 * 10 / 3 ms
-    dec.served = [5, 1]
+    dec.counters.rows_served, dec.counters.llm_forwards = 5, 1
     # 5 unseen tokens waste 5 ms * 0.95 ** left: no more than the wait saved from 67 tokens left on
-    assert dec._rides(row_with(left=67, unseen=5))
-    assert not dec._rides(row_with(left=66, unseen=5))
-    assert not dec._rides(row_with(left=67, unseen=6))
-    dec.costs = dataclasses.replace(dec.costs, llm=(0.01, 0.0))  # tokens free, as on a GPU
-    assert dec._rides(row_with(left=1, unseen=5))
+    assert dec.riding.rides(row_with(left=67, unseen=5), dec.counters)
+    assert not dec.riding.rides(row_with(left=66, unseen=5), dec.counters)
+    assert not dec.riding.rides(row_with(left=67, unseen=6), dec.counters)
+    dec.riding.costs = dataclasses.replace(dec.costs, llm=(0.01, 0.0))  # tokens free, as on a GPU
+    assert dec.riding.rides(row_with(left=1, unseen=5), dec.counters)
     unseen_by_the_llm = row_with(left=67, unseen=5)
-    unseen_by_the_llm.llm_len = 0  # it would feed its prompt: it waits for its first routed one
-    assert not dec._rides(unseen_by_the_llm)
-    dec.lookahead = False
-    assert not dec._rides(row_with(left=67, unseen=5))
+    # it would feed its prompt: it waits for its first routed one
+    unseen_by_the_llm.held[Model.LLM] = 0
+    assert not dec.riding.rides(unseen_by_the_llm, dec.counters)
+    dec.riding.enabled = False
+    assert not dec.riding.rides(row_with(left=67, unseen=5), dec.counters)

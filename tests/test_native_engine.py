@@ -4,7 +4,9 @@ bit for bit on the CPU, for every family it claims, prepacked or not, on every a
 from __future__ import annotations
 
 import copy
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from transformers import (
 
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.core import native
-from lm_eval_routed.core.cpu_linear import _PACKED, prepack_linears
+from lm_eval_routed.core.cpu_linear import holds_packed
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import NativeEngine, checked_engine, unsupported
 from lm_eval_routed.core.rows import GenRequest
@@ -52,7 +54,7 @@ FAMILIES = {
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41, 42, 43]]
 
 
-def build(family: str, prepack: bool) -> torch.nn.Module:
+def build(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = FAMILIES[family]().eval()
     if family == "llama-biases":  # biases start at zero: make them matter
@@ -60,8 +62,6 @@ def build(family: str, prepack: bool) -> torch.nn.Module:
             for name, p in model.named_parameters():
                 if name.endswith("bias"):
                     p.normal_(0, 0.5)
-    if prepack:
-        prepack_linears(model)
     return model
 
 
@@ -84,60 +84,71 @@ def same_calls(a: HFEngine, b: HFEngine) -> None:
 @pytest.mark.parametrize("gather", [False, True], ids=["per-row", "gathered"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bitwise_the_hf_forward(family, gather, prepack):
-    model = build(family, prepack)
+    model = build(family)
     assert unsupported(model) is None
-    hf = HFEngine(model, 98, gather=gather)
+    hf = HFEngine(model, 98, gather=gather, prepack=prepack)
     engine, reason = checked_engine(model, 98, hf)
-    assert reason is None and engine.gather == gather
+    assert reason is None and engine.gather == gather and engine.prepacked == prepack
     same_calls(engine, hf)
 
 
-def test_stacked_weights_are_views_and_reused():
-    """Off the prepacked path, q/k/v become views of one stacked weight: nothing is held twice, the
-    values are the model's, and a second engine over the model reuses the stack."""
-    model = build("llama", prepack=False)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def test_unpacked_projections_read_the_models_weights_in_place():
+    """Off the prepacked path nothing is copied and nothing of the model is replaced: each projection
+    reads the model's own weight, and a second engine over the model shares the first one's stack."""
+    model = build("llama")
+    ptrs = {k: v.data_ptr() for k, v in model.state_dict().items()}
     first = NativeEngine(model, 98)
     attn = model.model.layers[0].self_attn
-    stacked = first.layers[0].qkv.weight
-    assert attn.q_proj.weight.data_ptr() == stacked.data_ptr()
-    assert attn.k_proj.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert NativeEngine(model, 98).layers[0].qkv is first.layers[0].qkv
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    assert all(w is m.weight for w, m in zip(first.layers[0].qkv.weights, projections, strict=True))
+    assert first.layers[0].qkv.stack.packed is None
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == ptrs
+    assert NativeEngine(model, 98).layers[0].qkv.stack is first.layers[0].qkv.stack
 
 
-def test_stacks_replace_the_layers_packed_copies_and_are_probed_once(monkeypatch):
-    """With prepacked layers, the engine's stacked copy stands in for the layers' own (no weight is
-    packed twice); a second engine over the same model (a sweep's next cell) is not probed again."""
-    model = build("llama", prepack=True)
+def test_packed_stacks_stand_in_for_the_layers_copies_and_are_probed_once(monkeypatch):
+    """Prepacked, the engine's packed stack stands in for the layers' own packed copies (no weight is
+    packed twice); a second engine over the model while the first lives (a sweep's next cell) shares
+    its packed copies and is not probed again; they are freed with the last engine holding them."""
+    model = build("llama")
     probed = []
     real = native._probe
     monkeypatch.setattr(native, "_probe", lambda engine: probed.append(engine.kind) or real(engine))
-    assert make_engine(model, 98).kind == "native" and probed == ["hf", "native"]
-    attn = model.model.layers[0].self_attn
-    assert not any(_PACKED in m.__dict__ for m in (attn.q_proj, attn.k_proj, attn.v_proj))
-    assert _PACKED in attn.o_proj.__dict__  # packed on its first forward, in the probe
-    assert make_engine(model, 98).kind == "native" and probed == ["hf", "native"]
+    first = make_engine(model, 98)
+    assert first.kind == "native" and probed == ["hf", "native"]
+    attn = first.base.layers[0].self_attn  # the engine's own modules
+    assert not any(holds_packed(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+    assert holds_packed(attn.o_proj)  # packed on its first forward, in the probe
+    second = make_engine(model, 98)
+    assert second.kind == "native" and probed == ["hf", "native"]
+    assert second.layers[0].qkv.stack is first.layers[0].qkv.stack
+    o_proj = second.base.layers[0].self_attn.o_proj
+    same_calls(second, first)
+    assert o_proj.__dict__["_routed_packed"] is attn.o_proj.__dict__["_routed_packed"]
+    stack = weakref.ref(first.layers[0].qkv.stack)
+    del first, second, attn, o_proj
+    gc.collect()
+    assert stack() is None
 
 
-def test_a_model_with_stacks_copies():
-    """Stacks live beside the model, not in it: deepcopy (oneDNN copies cannot be copied) works."""
-    model = build("qwen2", prepack=True)
-    make_engine(model, 98)
+def test_engines_over_a_copied_model():
+    """Engines keep nothing in the model: deepcopy (oneDNN copies cannot be copied) works."""
+    model = build("qwen2")
+    engine = make_engine(model, 98)
     twin = copy.deepcopy(model)
     assert make_engine(twin, 98).kind == "native"
-    same_calls(make_engine(twin, 98), HFEngine(model, 98))
+    same_calls(make_engine(twin, 98), engine)
 
 
 def test_prepacked_stack_follows_a_changed_weight():
     """A weight written in place after the stack was packed: the next engine packs it again."""
-    model = build("llama", prepack=True)
-    old = NativeEngine(model, 98).layers[0].gate_up
+    model = build("llama")
+    old = NativeEngine(model, 98, prepack=True).layers[0].gate_up
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight.mul_(2)
-    fresh = NativeEngine(model, 98)
-    assert fresh.layers[0].gate_up is not old
-    same_calls(fresh, HFEngine(model, 98))
+    fresh = NativeEngine(model, 98, prepack=True)
+    assert fresh.layers[0].gate_up.stack is not old.stack
+    same_calls(fresh, HFEngine(model, 98, prepack=True))
 
 
 def test_other_architectures_run_on_hf(caplog):
@@ -153,7 +164,7 @@ def test_other_architectures_run_on_hf(caplog):
 
 def test_a_disagreeing_native_forward_is_not_used(monkeypatch, caplog):
     """Should a transformers release change how a covered model computes, the probe catches it."""
-    model = build("llama", prepack=True)
+    model = build("llama")
     real = native.rms_norm
     monkeypatch.setattr(native, "rms_norm", lambda x, norm: real(x, norm) * 1.001)
     engine, reason = checked_engine(model, 98, HFEngine(model, 98))

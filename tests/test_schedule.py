@@ -9,8 +9,7 @@ from test_decoder_fidelity import requests
 
 from lm_eval_routed.accounting import CostModel
 from lm_eval_routed.config import load_config
-from lm_eval_routed.core.decoder import MixedDecoder
-from lm_eval_routed.core.schedule import LLMSchedule
+from lm_eval_routed.core.schedule import LLMSchedule, end_lag
 from lm_eval_routed.runtime import with_costs
 
 
@@ -132,8 +131,8 @@ def test_lag_reads_the_token_budgets():
 
     waiting = [row(64, 10, True), row(64, 30, True)]
     decoding = [row(64, 40, False), row(16, 2, False)]
-    assert MixedDecoder._lag(waiting, waiting + decoding) == 54 - 24
-    assert MixedDecoder._lag(waiting, waiting) == 54  # nothing decodes: the schedule runs anyway
+    assert end_lag(waiting, waiting + decoding) == 54 - 24
+    assert end_lag(waiting, waiting) == 54  # nothing decodes: the schedule runs anyway
 
 
 def test_the_end_rule_applies_once_no_request_is_queued(make_runtime, tokenizer):

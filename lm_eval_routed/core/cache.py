@@ -8,9 +8,9 @@ the linear layers see exactly the tokens there are. ``PackedPlan`` says where ea
   * per row (CPU): each row attends over a view of its own slots, so no cache is copied;
   * gathered (GPU): the rows' slots are gathered and their queries padded into one batched call, so a
     forward launches a handful of kernels per layer however many rows it holds. A small model's GPU
-    forward is bound by kernel launches, and the per-row loop made a ragged forward of the demo LLM
-    dispatch 2.4x the operations of a plain decode step (1.3x gathered). On the CPU both paths ran
-    routed decoding at the same speed, and per row copies nothing, which matters at long contexts.
+    forward is bound by kernel launches, which a per-row loop multiplies (docs/performance.md). On
+    the CPU both paths decode at the same speed, and per row copies nothing, which matters at long
+    contexts.
 Decode steps over slots 0..b-1 with one token each take a third, cheapest way: one batched call over
 views. Rolling a row back (rejected speculative drafts) is lowering its length: stale slots are
 overwritten before anything reads them.
@@ -296,4 +296,4 @@ def fused_masked_gqa(
         choice = torch._fused_sdp_choice(q, kv, kv, mask, 0.0, False, enable_gqa=True)
         return choice != SDPBackend.MATH.value
     except (AttributeError, TypeError, RuntimeError):
-        return True  # unknown: leave SDPA to pick, as before
+        return True  # unknown: leave the choice to SDPA

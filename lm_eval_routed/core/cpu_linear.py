@@ -1,33 +1,36 @@
 """Linear layers on prepacked oneDNN weights, for CPU inference.
 
 PyTorch's default CPU path for ``nn.Linear`` (an MKL GEMM over the weight as stored) is slow at the few
-rows a decode step has: on the 2-core AMD machine we measured, the demo pair's 49152 x 576 LM head took
-18.7 ms at 8 rows against 4.5 ms on oneDNN with the weight reordered once into its blocked layout (the
-same prepacking ``torch.compile``'s CPU freezing does), and whole forwards ran ~1.5x faster. Decoding
-does mostly such steps, so both models of a routed run on CPU are prepacked by default (``prepack``).
+rows a decode step has; oneDNN with the weight reordered once into its blocked layout (the same
+prepacking ``torch.compile``'s CPU freezing does) runs the same products several times faster there
+(docs/performance.md). Decoding does mostly such steps, so both models' engines run prepacked by
+default (``prepack``).
 
-Prepacking turns each ``nn.Linear`` of the model into a ``PackedLinear`` in place, so everything that
-runs the model object (plain ``generate``, lm-eval's ``hf`` over it, the benchmark's baselines) gets the
-same kernels and comparisons stay fair. Parameters, ``state_dict`` and training are untouched: the
-packed copy is made on a layer's first no-grad CPU forward, used only there, and rebuilt if the weight
-changes or is cast. It holds a second copy of every linear weight in memory (the native engine's
-stacked copies stand in for those of the layers it stacks: ``native.py``).
+Prepacking applies to module trees an engine owns (``engine.shared_weights_copy``), never to the
+caller's model: ``prepack_linears`` turns their ``nn.Linear`` layers into ``PackedLinear``, whose
+no-grad CPU forward reads a packed copy of the weight. The packed copy is made on a layer's first such
+forward and rebuilt if the weight changes or is cast. Packed copies are shared: every layer over the
+same weight (two engines over one model, say) reads one copy, which lives as long as some layer holds
+it. It is a second copy of the weight in memory, beside the caller's own.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 log = logging.getLogger(__name__)
 
-_PACKED = "_routed_packed"  # (packed weight, the weight's data_ptr and version when packed)
-# oneDNN picks the packed layout for an expected row count: packed for 1 row, the LM head above ran
-# at 8.8 ms for 8 rows instead of 5.6 ms; any hint from 4 up gave the faster layout at 1 to 64 rows.
+_HELD = "_routed_packed"  # the PackedWeight a PackedLinear reads
+# oneDNN picks the packed layout for an expected row count: packed for 1 row, the demo pair's LM head
+# ran slower at 8 rows; any hint from 4 up gave the faster layout at 1 to 64 rows.
 _ROWS_HINT = 8
 
 
@@ -53,12 +56,6 @@ def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _pack(module: nn.Linear) -> Tensor:
-    packed = pack(module.weight)
-    setattr(module, _PACKED, (packed, *weight_stamp(module.weight)))
-    return packed
-
-
 def weight_stamp(weight: Tensor) -> tuple[int, int]:
     """Where ``weight`` lives and how often it was written: a copy packed from it is stale once
     either changes."""
@@ -70,36 +67,56 @@ def _version(weight: Tensor) -> int:
     return -1 if weight.is_inference() else weight._version
 
 
+@dataclass(eq=False)
+class PackedWeight:
+    """A weight's packed copy and the stamp of the weight it was packed from."""
+
+    packed: Tensor
+    stamp: tuple[int, int]
+
+
+# weight -> a weak reference to its PackedWeight: the layers reading a copy keep it alive, this only
+# finds it for the next layer over the same weight. Keyed by identity, and gone with the weight.
+_SHARED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def packed_weight(weight: Tensor) -> PackedWeight:
+    """The packed copy of ``weight``: the one another layer reads if it is current, else a new one."""
+    ref = _SHARED.get(weight)
+    held = ref() if ref is not None else None
+    if held is None or held.stamp != weight_stamp(weight) or held.packed.dtype != weight.dtype:
+        held = PackedWeight(pack(weight), weight_stamp(weight))
+        _SHARED[weight] = weakref.ref(held)
+    return held
+
+
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` whose no-grad CPU forward runs on a prepacked copy of its weight.
 
-    Prepacking turns a layer into this class in place. The packed copy is a cache: copies and pickles
-    of the model leave it out (oneDNN's opaque tensors have no storage to copy) and rebuild it on
-    their first forward.
+    The copy is a cache (``packed_weight``): copies and pickles of the module leave it out (oneDNN's
+    opaque tensors have no storage to copy) and find or rebuild it on their first forward.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """The prepacked kernel where it applies, else ``nn.Linear``'s own."""
         if x.device.type != "cpu" or torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)  # moved, or training: the plain path
-        cached = getattr(self, _PACKED, None)
-        if cached is None or x.dtype != cached[0].dtype:
-            if x.dtype != self.weight.dtype or not supported(x.dtype):
-                return F.linear(x, self.weight, self.bias)  # cast: the plain path
-            return packed_linear(x, _pack(self), self.bias)
-        packed, *stamp = cached
-        if tuple(stamp) != weight_stamp(self.weight):
-            packed = _pack(self)  # the weight was replaced or written in place
-        return packed_linear(x, packed, self.bias)
+        if x.dtype != self.weight.dtype or not supported(x.dtype):
+            return F.linear(x, self.weight, self.bias)  # cast: the plain path
+        held = self.__dict__.get(_HELD)
+        if held is None or held.stamp != weight_stamp(self.weight) or held.packed.dtype != x.dtype:
+            held = self.__dict__[_HELD] = packed_weight(self.weight)
+        return packed_linear(x, held.packed, self.bias)
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
-        state.pop(_PACKED, None)
+        state.pop(_HELD, None)
         return state
 
 
 def prepack_linears(model: nn.Module) -> int:
-    """Run ``model``'s linear layers on prepacked weights; returns how many (0 where unsupported).
+    """Run the linear layers of ``model`` (a module tree of one's own) on prepacked weights; returns
+    how many (0 where unsupported).
 
     Each layer packs its weight on its first forward, so layers whose work an engine does otherwise
     (``native`` stacks q/k/v and gate/up) never hold a copy. Layers off the CPU, in a dtype this CPU's
@@ -120,18 +137,11 @@ def prepack_linears(model: nn.Module) -> int:
 
 
 def release(module: nn.Module) -> None:
-    """Free ``module``'s packed copy; a ``PackedLinear`` packs again on its next forward."""
-    module.__dict__.pop(_PACKED, None)
+    """Let go of ``module``'s packed copy (freed once no other layer reads it); a ``PackedLinear``
+    finds or packs one again on its next forward."""
+    module.__dict__.pop(_HELD, None)
 
 
-def is_prepacked(model: nn.Module) -> bool:
-    """Whether any of ``model``'s linear layers runs on a prepacked weight now."""
-    return any(isinstance(m, PackedLinear) for m in model.modules())
-
-
-def unpack_linears(model: nn.Module) -> None:
-    """Undo ``prepack_linears``: plain ``nn.Linear`` layers, packed copies freed."""
-    for module in model.modules():
-        if isinstance(module, PackedLinear):
-            release(module)
-            module.__class__ = nn.Linear
+def holds_packed(module: nn.Module) -> bool:
+    """Whether ``module`` holds a packed copy of its weight now."""
+    return _HELD in module.__dict__

@@ -7,23 +7,30 @@ engine replaces: here Hugging Face's own module tree, with a registered attentio
 over the cache's own buffers (per row on CPU, gathered into one call on GPU: ``cache.py``);
 ``native.NativeEngine`` writes the Llama family's forward out over the same weights.
 
+An engine owns what it builds and changes nothing it was handed: it runs its own copy of the model's
+module tree (``shared_weights_copy``: its own modules and config over the caller's weight tensors,
+which it only reads), where it chooses the attention function and prepacks the linear layers. The
+caller's model stays as it was loaded, for plain ``generate``, lm-eval's ``hf`` or another engine.
+
 Token counts are padded to a multiple of ``pad_multiple`` before the matrix products: on the CPUs we
-measured, torch's default fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12 (the LM
-head of the demo pair: 36.6 ms at 3 rows, 17.7 ms at 4), and both it and the prepacked oneDNN kernels
-(``cpu_linear``) round a lone row differently from the same row among others, so padded row counts
-also keep each row's result independent of which rows share the forward.
+measured, torch's default fp32 GEMM is up to 2x slower at 3, 7 or 11 rows than at 4, 8 or 12
+(docs/performance.md), and both it and the prepacked oneDNN kernels (``cpu_linear``) round a lone row
+differently from the same row among others, so padded row counts also keep each row's result
+independent of which rows share the forward.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from contextlib import contextmanager
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformers import AttentionInterface
 
+from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
 from lm_eval_routed.models import cache_kwarg
 
@@ -45,26 +52,38 @@ def _rows_attention(module, query, key, value, attention_mask, scaling=None, **k
 AttentionInterface.register(ATTENTION, _rows_attention)
 
 
-def _flag(model: torch.nn.Module, name: str) -> bool:
-    """Whether ``name`` was flagged on ``model`` before; flags it."""
-    key = f"_routed_flagged_{name}"
-    seen = model.__dict__.get(key, False)
-    model.__dict__[key] = True
-    return seen
+# Models whose sliding window was warned about: once per model, not once per engine built over it.
+_WARNED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def shared_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model``'s module tree (modules, config, generation settings) that shares every
+    tensor of it (parameters, buffers, tensors kept on modules): changing the copy's modules or config
+    leaves ``model`` as it is, and the copy costs no tensor memory."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for module in model.modules():
+        tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
+    memo = {id(t): t for t in tensors}  # deepcopy hands these back as they are
+    try:
+        return copy.deepcopy(model, memo)
+    except (TypeError, RuntimeError, copy.Error) as err:
+        raise RuntimeError(
+            f"cannot build an engine over {type(model).__name__}: its module tree does not copy "
+            f"({err}); pass a model without hooks or offloading"
+        ) from err
 
 
 @dataclass(frozen=True)
 class ForwardOut:
     """Logits and last-layer hidden states of one forward, rows in the caller's order."""
 
-    logits: (
-        Tensor  # (b, V) at each row's last new token, or (b, q, V) when all positions were asked
-    )
+    # (b, V) at each row's last new token, or (b, q, V) when more positions were asked
+    logits: Tensor
     hidden: Tensor  # (b, H) at each row's last new token
 
 
 class HFEngine:
-    """A Hugging Face causal LM driven through a ``RowKVCache``."""
+    """A Hugging Face causal LM driven through a ``RowKVCache``, on its own copy of the module tree."""
 
     kind = "hf"  # recorded in run info
 
@@ -75,15 +94,19 @@ class HFEngine:
         pad_multiple: int = 0,
         gather: bool | None = None,
         repeat_kv: bool | None = None,
+        prepack: bool = False,
     ) -> None:
-        self.model = model
-        self.base = model.get_decoder()
-        self.head = model.get_output_embeddings()
+        self.model = shared_weights_copy(model)  # the engine's own; ``model`` is only read
+        self.model.config._attn_implementation = ATTENTION  # on the copy's config alone
+        # CPU: the copy's linear layers on prepacked weights (cpu_linear)
+        self.prepacked = prepack and cpu_linear.prepack_linears(self.model) > 0
+        self.base = self.model.get_decoder()
+        self.head = self.model.get_output_embeddings()
         weight = next(model.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
         self.pad_id = 0
-        # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
+        # 4 rows suit CPU GEMMs (module docstring); 8 keeps GPU tensor-core shapes aligned
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
         self.gather = gather  # attention path (cache.py); None: chosen by device
         config = self.base.config
@@ -96,7 +119,8 @@ class HFEngine:
         self.cache_kwarg = cache_kwarg(self.base)
         window = getattr(config, "sliding_window", None)
         # said once per model, not once per engine built over it (a sweep builds one per cell)
-        if window and getattr(config, "use_sliding_window", True) and not _flag(model, "window"):
+        if window and getattr(config, "use_sliding_window", True) and model not in _WARNED:
+            _WARNED.add(model)
             log.warning(
                 "%s uses a %d-token sliding window; routed decoding attends over the whole context, "
                 "so outputs past %d tokens differ from the model's own generate",
@@ -115,18 +139,6 @@ class HFEngine:
             dtype=self.dtype,
             repeat_kv=self.repeat_kv,
         )
-
-    @contextmanager
-    def _row_attention(self):
-        # The model's config names its attention function; ours is swapped in for our own forwards
-        # only, so the same model object still works everywhere else (plain generate, lm-eval's hf).
-        config = self.base.config
-        before = config._attn_implementation
-        config._attn_implementation = ATTENTION
-        try:
-            yield
-        finally:
-            config._attn_implementation = before
 
     @torch.inference_mode()
     def forward(
@@ -180,15 +192,14 @@ class HFEngine:
 
     def _hidden(self, ids: Tensor, plan: PackedPlan, cache: RowKVCache) -> Tensor:
         """The body over packed token ids (S,): final-norm hidden states (S, H)."""
-        with self._row_attention():
-            out = self.base(
-                input_ids=ids[None],
-                position_ids=plan.positions,
-                attention_mask=_PASS_THROUGH_MASK,
-                use_cache=True,
-                routed_plan=plan,
-                **{self.cache_kwarg: cache},
-            )
+        out = self.base(
+            input_ids=ids[None],
+            position_ids=plan.positions,
+            attention_mask=_PASS_THROUGH_MASK,
+            use_cache=True,
+            routed_plan=plan,
+            **{self.cache_kwarg: cache},
+        )
         return out.last_hidden_state[0]
 
     def _logits(self, hidden: Tensor, whole_head: bool = False) -> Tensor:

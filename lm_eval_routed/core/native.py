@@ -1,14 +1,15 @@
 """NativeEngine: the Llama family's decoder written out as one plain loop over the model's own weights.
 
 ``HFEngine`` runs Hugging Face's module tree: per layer a dozen module calls, decorators and keyword
-plumbing, five separate input projections and views around each. Measured on the demo pair (CPU, fp32,
-2 cores, a decode step over 8 rows): 51 ms for the LLM's step there, 42 ms here; 12.1 ms and 10.5 ms
-for the SLM's. Where a forward is bound by Python and kernel launches, as a small model's is on a GPU,
-the gap is wider: 19 ms against 12 ms on a launch-bound stand-in for the demo LLM
-(``scripts/build_proxy_pair.py``). Here each layer is the few tensor ops it is, the projections that
-read one input run as one matrix product (q, k and v; gate and up), and every value is computed by the
-same operations in the same order as in Hugging Face's code, so on the CPU the logits come out bitwise
-the same (docs/performance.md).
+plumbing, five separate input projections and views around each. Here each layer is the few tensor ops
+it is, and every value is computed by the same operations in the same order as in Hugging Face's code,
+so on the CPU the logits come out bitwise the same. The gap is widest where a forward is bound by
+Python and kernel launches, as a small model's is on a GPU (docs/performance.md).
+
+On the CPU, with ``prepack``, the projections that read one input run as one matrix product over a
+packed copy of their stacked weights (q, k and v; gate and up), which the engine holds in place of the
+layers' own packed copies. Elsewhere each projection reads the caller's weight in place: a stacked
+copy would hold those weights (most of a model's) twice, and the caller's tensors are never replaced.
 
 Covered: the decoders of Llama, Mistral, Qwen2 and Qwen3 (RMSNorm, rotary positions, grouped-query
 attention, gated MLP, optional projection biases, Qwen3's per-head q/k norms). ``unsupported`` says why
@@ -20,10 +21,12 @@ release that changes how one of these models computes.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend
@@ -58,7 +61,7 @@ def unsupported(model: nn.Module) -> str | None:
         for part, (module, name) in expected.items():
             if type(module).__name__ != name:
                 return f"its {part} is {type(module).__name__}, not {name}"
-        for group, _ in _stackable(layer):
+        for group in _stackable(layer):
             if any(type(p) not in (nn.Linear, cpu_linear.PackedLinear) for p in group):
                 return "its projections are not plain linear layers (quantized?)"
             if len({p.bias is None for p in group}) > 1:
@@ -66,79 +69,73 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
-def _stackable(layer: nn.Module) -> list[tuple[list[nn.Linear], nn.Module]]:
-    """A layer's linears that read one input (q/k/v, gate/up), each with the module that owns them."""
+def _stackable(layer: nn.Module) -> list[list[nn.Linear]]:
+    """A layer's groups of linears that read one input: q/k/v, and gate/up."""
     attn, mlp = layer.self_attn, layer.mlp
-    return [([attn.q_proj, attn.k_proj, attn.v_proj], attn), ([mlp.gate_proj, mlp.up_proj], mlp)]
+    return [[attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]]
 
 
-class _Matmul:
-    """One linear map over the stacked weights of several linear layers of one input.
-
-    No weight is held twice: prepacked layers (CPU) get one oneDNN copy of the stack in place of
-    their own (freed, and rebuilt on first use if the model runs outside the engine); elsewhere the
-    layers' weights become views of the stacked one.
-    """
-
-    # plain tensors even when built under inference_mode: the model's weights become views of them
-    @torch.inference_mode(False)
-    @torch.no_grad()
-    def __init__(self, linears: list[nn.Linear]) -> None:
-        first = linears[0]
-        self.bias = None if first.bias is None else torch.cat([m.bias for m in linears])
-        stacked = torch.cat([m.weight for m in linears])
-        self.weight, self.packed = stacked, None
-        if isinstance(first, cpu_linear.PackedLinear) and cpu_linear.supported(first.weight.dtype):
-            self.weight, self.packed = None, cpu_linear.pack(stacked)
-        else:
-            start = 0
-            for m in linears:
-                m.weight.data = stacked[start : start + m.out_features]
-                start += m.out_features
-        self.stamp = _stamp(linears)  # the layers as they were when stacked
-        self.checked = False  # set once a probe showed the engine agrees with hf over it
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.packed is not None:
-            return cpu_linear.packed_linear(x, self.packed, self.bias)
-        return F.linear(x, self.weight, self.bias)
+def _packs(linears: list[nn.Linear], prepacked: bool) -> bool:
+    """Whether an engine that ``prepacked`` runs ``linears`` on a packed copy of their stack."""
+    return prepacked and cpu_linear.supported(linears[0].weight.dtype)
 
 
-def _stamp(linears: list[nn.Linear]) -> list:
-    return [(type(m), cpu_linear.weight_stamp(m.weight)) for m in linears]
+@dataclass(eq=False)
+class _Stack:
+    """What engines over one group of linear layers share: the packed copy of their stacked weights
+    (None where each layer's weight is read in place) and whether a probe found the engine right."""
+
+    stamp: tuple
+    packed: Tensor | None
+    checked: bool = False
 
 
-# Stacks kept per module, outside the module itself: copies and pickles of a model leave them out
-# (oneDNN's packed tensors have no storage to copy), and they go when the module goes.
-_STACKS: weakref.WeakKeyDictionary[nn.Module, _Matmul] = weakref.WeakKeyDictionary()
+# The first weight of a group -> {packed or not: a weak reference to its _Stack}. Engines hold their
+# stacks; this finds a live one for the next engine over the same weights (a sweep's next cell).
+_STACKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _kept(linears: list[nn.Linear], owner: nn.Module) -> _Matmul | None:
-    """The stack of ``linears`` kept on ``owner``, if their weights and kinds are as they were."""
-    stack = _STACKS.get(owner)
+def _stamp(linears: list[nn.Linear]) -> tuple:
+    return tuple((*cpu_linear.weight_stamp(m.weight), m.weight.dtype) for m in linears)
+
+
+def _kept(linears: list[nn.Linear], packed: bool) -> _Stack | None:
+    """The live stack of ``linears`` if their weights are as they were when it was made."""
+    ref = _STACKS.get(linears[0].weight, {}).get(packed)
+    stack = ref() if ref is not None else None
     return stack if stack is not None and stack.stamp == _stamp(linears) else None
 
 
-def _stacked(linears: list[nn.Linear], owner: nn.Module) -> _Matmul:
-    """The stack of ``linears``: the kept one (a sweep's next cell over the same model), or a new one."""
-    if isinstance(linears[0], cpu_linear.PackedLinear):
-        # the engine reads the stack, so the layers' own copies would be dead weight; freed first,
-        # a group at a time, they never sit in memory beside it
-        for m in linears:
-            cpu_linear.release(m)
-    stack = _kept(linears, owner)
-    if stack is None:
-        stack = _STACKS[owner] = _Matmul(linears)
-    return stack
+class _Matmul:
+    """One linear map over the layers of a group that read one input, outputs side by side."""
+
+    @torch.no_grad()
+    def __init__(self, linears: list[nn.Linear], prepacked: bool) -> None:
+        packed = _packs(linears, prepacked)
+        self.stack = _kept(linears, packed)
+        if self.stack is None:
+            stacked = None
+            if packed:  # the concatenated weights are a temporary: only the packed copy stays
+                stacked = cpu_linear.pack(torch.cat([m.weight for m in linears]))
+            self.stack = _Stack(_stamp(linears), stacked)
+            _STACKS.setdefault(linears[0].weight, {})[packed] = weakref.ref(self.stack)
+        self.weights = [m.weight for m in linears]  # the caller's tensors, read in place
+        self.biases = [m.bias for m in linears]
+        self.bias = torch.cat(self.biases) if packed and linears[0].bias is not None else None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.stack.packed is not None:
+            return cpu_linear.packed_linear(x, self.stack.packed, self.bias)
+        return torch.cat([F.linear(x, w, b) for w, b in zip(self.weights, self.biases)], dim=-1)
 
 
 class _Layer:
     """One decoder layer's weights, in the shape the loop reads them."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, prepacked: bool) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.index = attn.layer_idx
-        self.qkv, self.gate_up = (_stacked(group, owner) for group, owner in _stackable(layer))
+        self.qkv, self.gate_up = (_Matmul(group, prepacked) for group in _stackable(layer))
         self.nq, self.nkv = attn.q_proj.out_features, attn.k_proj.out_features
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.q_heads = self.nq // self.head_dim
@@ -172,7 +169,7 @@ class NativeEngine(HFEngine):
         if reason:
             raise ValueError(f"{type(model).__name__}: {reason}")
         super().__init__(model, vocab_size, **kwargs)
-        self.layers = [_Layer(layer) for layer in self.base.layers]
+        self.layers = [_Layer(layer, self.prepacked) for layer in self.base.layers]
 
     def _hidden(self, ids: Tensor, plan: PackedPlan, cache: RowKVCache) -> Tensor:
         base, width = self.base, ids.shape[0]
@@ -200,21 +197,26 @@ class NativeEngine(HFEngine):
 def checked_engine(
     model: nn.Module, vocab_size: int, hf: HFEngine
 ) -> tuple[NativeEngine | None, str | None]:
-    """A ``NativeEngine`` over ``model`` that agrees with ``hf`` on a probe (two prompts, then a decode
-    step): bitwise on the CPU, within ``ROUNDING_TOLERANCE`` elsewhere. Stacks that passed before are
-    not probed again. Returns (engine, None), or (None, why) with the stacks dropped."""
-    groups = [g for layer in model.get_decoder().layers for g in _stackable(layer)]
-    probed = not all((stack := _kept(*g)) and stack.checked for g in groups)
-    expected = _probe(hf) if probed else None  # before stacking: hf reads the layers' own copies
-    engine = NativeEngine(model, vocab_size, gather=hf.gather, repeat_kv=hf.repeat_kv)
+    """A ``NativeEngine`` over ``model``, as ``hf`` is set up, that agrees with ``hf`` on a probe (two
+    prompts, then a decode step): bitwise on the CPU, within ``ROUNDING_TOLERANCE`` elsewhere. Not
+    probed again while another engine over the same weights holds stacks that passed. Returns
+    (engine, None), or (None, why)."""
+    groups = [g for layer in hf.base.layers for g in _stackable(layer)]
+    probed = not all((s := _kept(g, _packs(g, hf.prepacked))) and s.checked for g in groups)
+    expected = None
+    if probed:
+        expected = _probe(hf)
+        for linear in (m for g in groups for m in g):
+            # hf's packed copies of what the stacks stand in for go before the stacks are made
+            cpu_linear.release(linear)
+    kwargs = {"gather": hf.gather, "repeat_kv": hf.repeat_kv, "prepack": hf.prepacked}
+    engine = NativeEngine(model, vocab_size, **kwargs)
     if probed:
         reason = _differ(_probe(engine), expected, engine.device)
         if reason:
-            for _, owner in groups:
-                _STACKS.pop(owner, None)
             return None, reason
         for layer in engine.layers:
-            layer.qkv.checked = layer.gate_up.checked = True
+            layer.qkv.stack.checked = layer.gate_up.stack.checked = True
     return engine, None
 
 

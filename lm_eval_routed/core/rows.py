@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import SampleRecord, SampleTally
+from lm_eval_routed.accounting import Model, ParamSizes, SampleRecord, SampleTally
 
 
 @dataclass(frozen=True)
@@ -39,41 +39,94 @@ class GenResult:
     record: SampleRecord
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """The LLM's logits and hidden state for a row's next position, from a forward the row rode
+    along in (``riding.py``): at hand while the row holds exactly ``position`` committed tokens."""
+
+    position: int
+    logits: Tensor  # (V,)
+    hidden: Tensor  # (H,)
+
+
+@dataclass
+class Unchecked:
+    """SLM tokens a row holds that the LLM has not checked yet.
+
+    Speculative drafts (``drafts.py``) wait for the LLM's verification; guesses (``guesses.py``) are
+    SLM tokens at positions routed to the LLM, kept so the row goes on decoding, with the tokens after
+    them. Either way they are not committed: the LLM's step commits or drops them.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    # speculative: the distribution each draft was sampled from (None when greedy)
+    probs: list[Tensor | None] = field(default_factory=list)
+    guesses: list[int] = field(default_factory=list)  # indices into ``tokens`` routed to the LLM
+    route_states: list[Tensor] = field(default_factory=list)  # route_gen right after each guess
+    gamma: int = 0  # speculative: the row's draft length (adapts to its acceptance)
+    # The SLM token a waiting row dropped: scored against the LLM's token, so a run learns how its
+    # guesses would do even while it does not guess.
+    dropped: int | None = None
+
+
 @dataclass
 class Row:
     """Decoding state of one sample occupying one cache slot."""
 
-    index: int
+    index: int  # the request's place in the caller's list
     req: GenRequest
     slot: int
     seq: list[int]  # prompt + committed tokens
-    n_prompt: int
     sample_gen: torch.Generator
     route_gen: torch.Generator
-    slm_len: int = 0  # tokens held in the SLM cache
-    llm_len: int = 0  # tokens held in the LLM cache
-    waiting: bool = False  # the next position (or the drafts) waits for the LLM
-    gamma: int = 0  # speculative: this row's current draft length (adapts to its acceptance)
-    drafts: list[int] = field(default_factory=list)  # unverified SLM tokens (speculative, guesses)
-    draft_probs: list[Tensor] = field(default_factory=list)
-    guesses: list[int] = field(default_factory=list)  # drafts at positions routed to the LLM
-    route_states: list[Tensor] = field(default_factory=list)  # route_gen after each guess's draw
-    passed: int | None = None  # the SLM token a waiting row dropped (measures how guesses would do)
-    # The LLM's logits and hidden state at position ahead[0], from a forward the row rode along in:
-    # valid while the row holds exactly ahead[0] tokens (llm_lookahead).
-    ahead: tuple[int, Tensor, Tensor] | None = None
-    finish: str | None = None
+    held: dict[Model, int] = field(default_factory=lambda: {Model.SLM: 0, Model.LLM: 0})
+    waiting: bool = False  # its next position (or its unchecked tokens) waits for the LLM
+    unchecked: Unchecked = field(default_factory=Unchecked)
+    prediction: Prediction | None = None
+    finish: str | None = None  # "eos", "stop" or "length" once it has ended
     tally: SampleTally = field(default_factory=SampleTally)
 
-    def unseen(self, held: int) -> list[int]:
-        """Committed tokens and drafts after the first ``held`` (what a model has not processed).
+    @classmethod
+    def admit(
+        cls, index: int, req: GenRequest, slot: int, device: torch.device, gamma: int = 0
+    ) -> Row:
+        """A new row for ``req`` in cache slot ``slot``, drafting ``gamma`` tokens at first
+        (speculative); its generators are seeded from the request alone."""
+        sample_gen = seeded_generator(req.seed, "sample", device)
+        route_gen = seeded_generator(req.seed, "route", "cpu")
+        row = cls(index, req, slot, list(req.prompt_ids), sample_gen, route_gen)
+        row.unchecked.gamma = gamma
+        return row
 
-        Sliced without building ``seq + drafts``: rows run to thousands of tokens, and this is
-        called for every row at every step.
-        """
-        if held <= len(self.seq):
-            return self.seq[held:] + self.drafts
-        return self.drafts[held - len(self.seq) :]
+    def ending(self, eos_ids: set[int], tokenizer) -> str | None:
+        """Why the row ends at its last committed token: ``eos``, ``length`` or ``stop`` (None: it
+        goes on)."""
+        if self.seq[-1] in eos_ids:
+            return "eos"
+        if self.generated >= self.req.max_new_tokens:
+            return "length"
+        if self.req.stop:
+            # A stop string can span token boundaries: look at a tail long enough to hold any.
+            span = max(len(s) for s in self.req.stop) + 2
+            tail = tokenizer.decode(self.seq[max(self.n_prompt, len(self.seq) - span) :])
+            if any(s in tail for s in self.req.stop):
+                return "stop"
+        return None
+
+    def result(self, tokenizer, params: ParamSizes) -> GenResult:
+        """The finished row's text (cut at its first stop string, EOS left out), tokens, record."""
+        ids = self.seq[self.n_prompt :]
+        body = ids[:-1] if self.finish == "eos" else ids
+        text = tokenizer.decode(body, skip_special_tokens=True)
+        for stop in self.req.stop:
+            if stop in text:
+                text = text[: text.index(stop)]
+        record = self.tally.record(params, self.req.key)
+        return GenResult(text, ids, self.finish or "length", record)
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.req.prompt_ids)
 
     @property
     def generated(self) -> int:
@@ -83,6 +136,57 @@ class Row:
     def left(self) -> int:
         """Tokens the row may still write: its budget less what it has written."""
         return self.req.max_new_tokens - self.generated
+
+    def unseen(self, model: Model) -> list[int]:
+        """Committed and unchecked tokens that ``model``'s cache does not hold yet.
+
+        Sliced without building ``seq + unchecked``: rows run to thousands of tokens, and this is
+        called for every row at every step.
+        """
+        held, drafts = self.held[model], self.unchecked.tokens
+        if held <= len(self.seq):
+            return self.seq[held:] + drafts
+        return drafts[held - len(self.seq) :]
+
+    def asked(self) -> list[int]:
+        """Where the LLM's logits are read among the tokens it is fed now: before each guess (to
+        check it), else at the last token (to predict the next position).
+
+        The logits at fed index ``i`` predict the token at position ``held + i + 1`` of
+        ``seq + unchecked``, so the prediction of position ``p`` is read at ``p - 1 - held``.
+        """
+        first = len(self.seq) - 1 - self.held[Model.LLM]
+        return [first + g for g in self.unchecked.guesses] or [first + len(self.unchecked.tokens)]
+
+    def fed(self, model: Model, tokens: int, modeled_s: float) -> None:
+        """Count a forward of ``model`` that was fed ``tokens`` of this row's tokens."""
+        self.held[model] += tokens
+        if model is Model.SLM:
+            self.tally.slm_forward_tokens += tokens
+            self.tally.slm_calls += 1
+        else:
+            self.tally.llm_forward_tokens += tokens
+            self.tally.llm_calls += 1
+        self.tally.modeled_latency_s += modeled_s
+
+    def rewind_caches(self) -> None:
+        """Lower both caches' lengths to the committed tokens less the last, after unchecked tokens
+        were committed or dropped: stale slots get overwritten, and the last token is fed again so
+        its logits (which a cache does not keep) are there for the next position."""
+        for model in Model:
+            self.held[model] = min(self.held[model], len(self.seq) - 1)
+
+
+def charge(rows: list[Row], fed: list[int], seconds: float) -> None:
+    """Split one step's wall time over its rows by the tokens each fed the model."""
+    total = sum(fed)
+    for row, n in zip(rows, fed):
+        row.tally.latency_s += seconds * n / total
+
+
+def empty_result(req: GenRequest, params: ParamSizes) -> GenResult:
+    """The result of a request with no tokens to write."""
+    return GenResult("", [], "length", SampleTally().record(params, req.key))
 
 
 def seeded_generator(seed: int, salt: str, device: torch.device | str) -> torch.Generator:

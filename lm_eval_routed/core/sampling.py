@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lm_eval_routed.core.rows import GenRequest
+from lm_eval_routed.core.rows import GenRequest, Row
 
 
 def filtered_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
@@ -25,6 +25,22 @@ def filtered_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
 def draw(probs: Tensor, generator: torch.Generator) -> int:
     """One token id from a (V,) distribution."""
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def choose(logits: Tensor, rows: list[Row]) -> tuple[list[int], list[Tensor | None]]:
+    """Each row's token from its (b, V) ``logits``: greedy, or sampled from the row's generator;
+    with the distribution it was drawn from (None when greedy)."""
+    greedy = logits.argmax(-1).tolist()
+    tokens, probs = [], []
+    for i, row in enumerate(rows):
+        if not row.req.do_sample:
+            tokens.append(greedy[i])
+            probs.append(None)
+            continue
+        p = filtered_probs(logits[i], row.req.temperature, row.req.top_p)
+        tokens.append(draw(p, row.sample_gen))
+        probs.append(p)
+    return tokens, probs
 
 
 def accept_drafts(

@@ -12,9 +12,9 @@ one more SLM step over the rows still decoding would add tokens more slowly than
 yield them if the LLM ran now: the tokens collected since the last forward over their time plus the
 LLM's fixed cost (each token's own LLM cost is counted on both sides, it is paid either way). That
 is the marginal value theorem's rule for leaving a patch: it maximises tokens per second when the
-gain of an extra step falls as rows start waiting. On the demo pair it was as fast as the best
-fixed ``llm_min_batch`` at every LLM share measured (docs/performance.md), with no number to choose
-per machine.
+gain of an extra step falls as rows start waiting. On the demo pair it matched the best fixed
+``llm_min_batch`` at every LLM share measured (docs/performance.md), with no number to choose per
+machine.
 
 That rate is what to maximise while requests queue for the rows' slots. Once none is left, what counts
 is when the last row ends. A waiting row with fewer tokens left to write than some row still decoding
@@ -23,8 +23,8 @@ holds the LLM until the waiting row with the most tokens left (by its token budg
 known before a row ends) has more left than every decoding row by as many SLM steps as one LLM
 forward's fixed cost pays for: past that, its wait delays the end by more than a forward it may save.
 Paused rows drift apart, and without this the run ended on a tail of forwards that served a row or
-two each, where lockstep rows end together; on the demo pair it made 1-11% fewer LLM forwards at the
-same speed (docs/performance.md).
+two each, where lockstep rows end together; with this rule the demo pair's runs made fewer LLM
+forwards at the same speed (docs/performance.md).
 
 A fixed ``llm_min_batch`` overrides the rule (``schedule=lockstep`` is ``llm_min_batch=1``). Without
 usable costs (an LLM forward priced at zero), the LLM runs once half the rows in flight wait.
@@ -35,6 +35,7 @@ no rule changes a sample's tokens, only when they are computed.
 from __future__ import annotations
 
 from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.core.rows import Row
 
 
 class LLMSchedule:
@@ -43,7 +44,7 @@ class LLMSchedule:
     def __init__(self, costs: CostModel, min_batch: int = 0) -> None:
         self.costs = costs
         self.min_batch = min_batch  # 0: the cost rule above
-        self.priced = costs.llm[0] > 0 and costs.forward_s("slm", 1) > 0
+        self.priced = costs.llm.fixed > 0 and costs.slm.seconds(1) > 0
         self.gain = 0  # tokens collected since the last LLM forward
         self.spent = 0.0  # their modeled seconds: SLM steps, and each token's LLM share
 
@@ -58,14 +59,14 @@ class LLMSchedule:
         """Count an SLM step in which ``rows`` rows moved on, feeding ``tokens_fed`` tokens (0: every
         row was routed before the SLM ran, so no SLM forward is paid)."""
         self.gain += rows
-        self.spent += rows * self.costs.llm[1]
+        self.spent += rows * self.costs.llm.per_token
         if tokens_fed:
-            self.spent += self.costs.forward_s("slm", tokens_fed)
+            self.spent += self.costs.slm.seconds(tokens_fed)
 
     def llm_ran(self, still_waiting: int = 0) -> None:
         """The LLM served the waiting rows: a new collection starts, holding the rows that wait
         again at once (stitch mode: the LLM keeps control) since their next token is due too."""
-        self.gain, self.spent = still_waiting, still_waiting * self.costs.llm[1]
+        self.gain, self.spent = still_waiting, still_waiting * self.costs.llm.per_token
 
     def due(self, waiting: int, unfinished: int, lag: int | None = None) -> bool:
         """Whether the LLM runs now, with ``waiting`` of ``unfinished`` rows waiting for it.
@@ -82,7 +83,14 @@ class LLMSchedule:
         if not self.priced:
             return waiting >= (unfinished + 1) // 2
         decoding = unfinished - waiting
-        step = self.costs.forward_s("slm", decoding) + decoding * self.costs.llm[1]
-        if lag is not None and lag * step < self.costs.llm[0]:
+        step = self.costs.slm.seconds(decoding) + decoding * self.costs.llm.per_token
+        if lag is not None and lag * step < self.costs.llm.fixed:
             return False  # the waiting rows are not yet what the run's end waits on
-        return decoding / step < self.gain / (self.spent + self.costs.llm[0])
+        return decoding / step < self.gain / (self.spent + self.costs.llm.fixed)
+
+
+def end_lag(waiting: list[Row], unfinished: list[Row]) -> int:
+    """How many more tokens the waiting row furthest from its end has left than any row still
+    decoding (each row's token budget: the one length known before it ends); ``due``'s ``lag``."""
+    decoding = [r.left for r in unfinished if not r.waiting]
+    return max(r.left for r in waiting) - max(decoding, default=0)

@@ -1,9 +1,10 @@
 """The router protocol every routing policy implements, and the registry that picks one by name.
 
-A router sees one decode step of the model that holds a row and answers a yes/no question per row:
-in ``token`` mode, "does the LLM write this position instead of the SLM?"; in ``stitch`` mode the
-same question opens an LLM span, and ``keep_llm`` decides after each LLM token whether the LLM keeps
-control. ``speculative`` mode is lossless drafting; its router only fixes the draft length.
+A router sees one decode step of the model that holds a row and answers a yes/no question per row.
+What the decoder does with the answer is the router's ``kind`` (``RouterKind``): a ``TOKEN`` router
+answers "does the LLM write this position instead of the SLM?"; for a ``STITCH`` router the same
+question opens an LLM span, and ``keep_llm`` decides after each LLM token whether the LLM keeps
+control; ``SPECULATIVE`` is lossless drafting, whose router only fixes the draft length.
 """
 
 from __future__ import annotations
@@ -12,12 +13,19 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-MODES = ("token", "stitch", "speculative")
+
+class RouterKind(Enum):
+    """What the decoder does with a router's answers (module docstring); the value is recorded."""
+
+    TOKEN = "token"  # noqa: S105 (a kind, not a secret)
+    STITCH = "stitch"
+    SPECULATIVE = "speculative"
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Router:
     """Base class: a policy deciding which positions the LLM writes."""
 
     name: ClassVar[str] = "base"
-    mode: ClassVar[str] = "token"
+    kind: ClassVar[RouterKind] = RouterKind.TOKEN
     threshold: float | None = None
 
     def route(self, slm: StepView) -> Tensor:
@@ -57,7 +65,7 @@ class Router:
         return None
 
     def keep_llm(self, llm: StepView) -> Tensor:
-        """Stitch mode only. (b,) bool: True where the LLM keeps control after its token."""
+        """``STITCH`` routers only. (b,) bool: True where the LLM keeps control after its token."""
         return torch.zeros(llm.token.shape[0], dtype=torch.bool, device=llm.token.device)
 
     @property
@@ -67,7 +75,7 @@ class Router:
 
     def info(self) -> dict[str, Any]:
         """Run-level description recorded in the results (kind, threshold, checkpoint hash)."""
-        return {"router": self.name, "mode": self.mode, "threshold": self.threshold}
+        return {"router": self.name, "mode": self.kind.value, "threshold": self.threshold}
 
 
 # name -> factory(cfg, slm_model) -> Router. Factories import lazily so a name costs nothing.

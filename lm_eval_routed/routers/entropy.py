@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lm_eval_routed.config import ConfigError, RoutedConfig
-from lm_eval_routed.routers.base import Router, StepView, register_router
+from lm_eval_routed.routers.base import Router, RouterKind, StepView, register_router
 
 
 def entropy_nats(logits: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ class EntropyStitch(Router):
     """R-Stitch: switch to the LLM on an uncertain SLM token, back once the LLM is confident."""
 
     name = "entropy"
-    mode = "stitch"
+    kind = RouterKind.STITCH
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
