@@ -7,6 +7,7 @@ ends here, is validated once, and fails with one line naming the key and what it
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class RoutedConfig:
     llm_lookahead: bool = True  # rows still decoding ride along in LLM forwards (decoder.py)
     prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
     engine: str = "auto"  # auto: native where the model is covered and agrees with hf; native; hf
+    llm_device_map: str | None = None  # the LLM over devices (placement.py); None: whole on device
+    max_memory: str | None = None  # llm_device_map: bytes per device, e.g. 0:20GiB;cpu:64GiB
+    offload_folder: str | None = None  # llm_device_map: where modules mapped to disk are kept
     schedule: str = (
         "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
     )
@@ -87,6 +91,9 @@ class RoutedConfig:
                 )
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
+        from lm_eval_routed.placement import check_keys  # imports this module
+
+        check_keys(self.llm_device_map, self.max_memory, self.offload_folder)
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"
@@ -119,6 +126,9 @@ ROUTER_KEYS = ("router_hidden", "router_device")
 def _coerce(key: str, raw: Any) -> Any:
     """Turn a model_args string (or YAML value) into the field's type, or raise ConfigError."""
     kind = str(_FIELDS[key].type)
+    # a YAML mapping (llm_device_map, max_memory) is kept as its JSON text
+    if isinstance(raw, dict) and kind.startswith("str"):
+        return json.dumps(raw)
     if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
         if "None" in kind:
             return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.placement import PlacementRequest, dispatch, plan
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +56,42 @@ def count_params(model: torch.nn.Module) -> ParamCount:
     return ParamCount(total=total, non_embedding=total - embedding)
 
 
-def load_model(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf`` or ``demo:slm|llm``."""
+def load_model(
+    ref: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    placement: PlacementRequest | None = None,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf`` or ``demo:slm|llm``;
+    on ``device``, or spread as ``placement`` asks (``placement.py``: checked before weights load)."""
     if ref.startswith("demo:"):
         from lm_eval_routed import demo_pair
 
         loaders = {"demo:llm": demo_pair.load_demo_llm, "demo:slm": demo_pair.load_demo_slm}
         if ref not in loaders:
             raise ConfigError(f"unknown demo model {ref!r}; use demo:slm or demo:llm")
-        model, tok = loaders[ref](dtype, device)
+        if placement is None:
+            model, tok = loaders[ref](dtype, device)
+        else:  # read into RAM from the package, then placed
+            model, tok = loaders[ref](dtype, torch.device("cpu"))
+            model = dispatch(model.eval(), placement)
     else:
-        model, tok = _load_hf(ref, dtype, device, trust_remote_code)
+        model, tok = _load_hf(ref, dtype, device, trust_remote_code, placement)
     model.eval().requires_grad_(False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok
 
 
-def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_hf(
+    ref: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool,
+    placement: PlacementRequest | None = None,
+):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     source = ref
@@ -88,13 +106,16 @@ def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_co
         )
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        if placement is not None:  # resolved and checked on the config, before any weight loads
+            device_map = plan(placement, AutoConfig.from_pretrained(source, **kwargs), dtype)
+            kwargs.update(device_map=device_map, offload_folder=placement.offload_folder)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa", **kwargs
         )
     except OSError as err:
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"cannot load model {ref!r}: {first}") from None
-    return model.to(device), tok
+    return (model if placement is not None else model.to(device)), tok
 
 
 def check_same_vocab(slm_tok, llm_tok, slm_ref: str, llm_ref: str) -> None:

@@ -32,6 +32,7 @@ from lm_eval_routed.models import (
     resolve_device,
     resolve_dtype,
 )
+from lm_eval_routed.placement import PlacementRequest, describe
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class RoutedRuntime:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "slm_dtype": str(self.slm_dtype).removeprefix("torch."),
                 "device": str(self.device),
+                "llm_device_map": self.cfg.llm_device_map,
+                # where each model's modules were stored and ran (placement.py)
+                "placement": {"slm": describe(self.slm), "llm": describe(self.llm)},
                 "batch_size": self.cfg.batch_size,
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
@@ -182,7 +186,8 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     dtype = resolve_dtype(cfg.dtype, device)
     slm_dtype = resolve_dtype(cfg.slm_dtype or cfg.dtype, device)
     if slm is None or llm is None:
-        llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
+        placement = PlacementRequest.of(cfg)  # checked on the LLM's config before weights load
+        llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code, placement)
         slm, slm_tok = load_model(cfg.slm, slm_dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
     else:  # models handed in: their own dtypes are what runs
@@ -196,10 +201,9 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
-    slm_engine, llm_engine = (
-        make_engine(slm, vocab, cfg.engine),
-        make_engine(llm, vocab, cfg.engine),
-    )
+    slm_engine = make_engine(slm, vocab, cfg.engine)
+    # the LLM's logits meet the SLM's rows (sampling generators, routers) on the SLM's device
+    llm_engine = make_engine(llm, vocab, cfg.engine, output_device=slm_engine.device)
     router = make_router(cfg.router, cfg, slm)
     if cfg.router == "speculative" and cfg.schedule == "lockstep":
         log.info("speculative decoding ignores schedule=lockstep")
@@ -223,10 +227,16 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     )
 
 
-def make_engine(model: torch.nn.Module, vocab: int, choice: str = "auto") -> HFEngine:
+def make_engine(
+    model: torch.nn.Module,
+    vocab: int,
+    choice: str = "auto",
+    output_device: torch.device | None = None,
+) -> HFEngine:
     """The engine ``choice`` names for ``model``: ``native`` where it covers the model and agrees
-    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for."""
-    hf = HFEngine(model, vocab)
+    with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for;
+    outputs on ``output_device`` (default: where the model's embedding runs)."""
+    hf = HFEngine(model, vocab, output_device=output_device)
     if choice == "hf":
         return hf
     name = type(model).__name__

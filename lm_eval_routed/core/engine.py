@@ -53,6 +53,27 @@ def _flag(model: torch.nn.Module, name: str) -> bool:
     return seen
 
 
+def execution_device(model: torch.nn.Module, module: torch.nn.Module) -> torch.device:
+    """Where ``module`` of ``model`` computes: its weights' device, or for weights accelerate offloaded
+    (left on the meta device, streamed in per forward) the device its hook, or a parent's, runs it on."""
+    weight = next(module.parameters())
+    if weight.device.type != "meta":
+        return weight.device
+    names = {m: n for n, m in model.named_modules()}
+    target, found = names[module], None
+    for name, m in model.named_modules():  # the innermost hooked module that holds ``module``
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+            device = getattr(h, "execution_device", None)
+            inside = not name or target == name or target.startswith(name + ".")
+            if device is not None and inside and (found is None or len(name) > len(found[0])):
+                found = (name, device)
+    if found is None:
+        raise ValueError(f"{type(module).__name__} has offloaded weights but no accelerate hook")
+    device = found[1]
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
 @dataclass(frozen=True)
 class ForwardOut:
     """Logits and last-layer hidden states of one forward, rows in the caller's order."""
@@ -75,12 +96,16 @@ class HFEngine:
         pad_multiple: int = 0,
         gather: bool | None = None,
         repeat_kv: bool | None = None,
+        output_device: torch.device | None = None,
     ) -> None:
         self.model = model
         self.base = model.get_decoder()
         self.head = model.get_output_embeddings()
-        weight = next(model.parameters())
-        self.device, self.dtype = weight.device, weight.dtype
+        self.dtype = next(model.parameters()).dtype
+        # token ids and the cache's plans start where the embedding runs; a model spread over
+        # devices (placement.py) hands its logits to the decoder on ``output_device``
+        self.device = execution_device(model, model.get_input_embeddings())
+        self.output_device = output_device or self.device
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (measured, see above); 8 keeps GPU tensor-core shapes aligned
@@ -167,16 +192,19 @@ class HFEngine:
         )
         ids, last_t, picked_t = flat.split([width, len(last), len(picked)])
         hidden = self._hidden(ids, plan, cache)
+        if hidden.device != ids.device:  # the last layers ran elsewhere: index where they left it
+            last_t, picked_t = last_t.to(hidden.device), picked_t.to(hidden.device)
         last_hidden = hidden[last_t]
         if at is None:
-            return ForwardOut(logits=self._logits(last_hidden, whole_head), hidden=last_hidden)
+            logits = self._logits(last_hidden, whole_head)
+            return ForwardOut(logits=logits, hidden=last_hidden.to(self.output_device))
         flat_logits = self._logits(hidden[picked_t], whole_head)
         logits = flat_logits.new_zeros(len(rows), max(map(len, at)), flat_logits.shape[-1])
         k = 0
         for i, js in enumerate(at):
             logits[i, : len(js)] = flat_logits[k : k + len(js)]
             k += len(js)
-        return ForwardOut(logits=logits, hidden=last_hidden)
+        return ForwardOut(logits=logits, hidden=last_hidden.to(self.output_device))
 
     def _hidden(self, ids: Tensor, plan: PackedPlan, cache: RowKVCache) -> Tensor:
         """The body over packed token ids (S,): final-norm hidden states (S, H)."""
@@ -198,4 +226,5 @@ class HFEngine:
         if pad:
             hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
         logits = self.head(hidden)[:n]
-        return (logits if whole_head else logits[:, : self.vocab_size]).float()
+        logits = logits if whole_head else logits[:, : self.vocab_size]
+        return logits.to(self.output_device).float()
