@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.placement import PlacementRequest, dispatch, plan
+from lm_eval_routed.placement import PlacementRequest, device_name, dispatch, plan
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def load_model(
     trust_remote_code: bool = False,
     placement: PlacementRequest | None = None,
 ):
-    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf`` or ``demo:slm|llm``;
+    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf``, ``demo:slm|llm``
+    or ``random:folder`` (random weights: ``_load_random``);
     on ``device``, or spread as ``placement`` asks (``placement.py``: checked before weights load)."""
     if ref.startswith("demo:"):
         from lm_eval_routed import demo_pair
@@ -76,6 +77,8 @@ def load_model(
         else:  # read into RAM from the package, then placed
             model, tok = loaders[ref](dtype, torch.device("cpu"))
             model = dispatch(model.eval(), placement)
+    elif ref.startswith("random:"):
+        model, tok = _load_random(Path(ref.removeprefix("random:")), dtype, device, placement)
     else:
         model, tok = _load_hf(ref, dtype, device, trust_remote_code, placement)
     model.eval().requires_grad_(False)
@@ -116,6 +119,33 @@ def _load_hf(
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"cannot load model {ref!r}: {first}") from None
     return (model if placement is not None else model.to(device)), tok
+
+
+def _load_random(
+    folder: Path, dtype: torch.dtype, device: torch.device, placement: PlacementRequest | None
+):
+    """The model ``folder``'s config describes, its weights drawn on the spot (seeded by the
+    config's ``random_seed``) where they will live, and the folder's tokenizer: a stand-in of any
+    size for speed measurements (``scripts/build_scale_pair.py``) that needs no weights on disk."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"random:{folder} needs a folder with config.json and a tokenizer "
+            "(scripts/build_scale_pair.py writes them)"
+        )
+    config = AutoConfig.from_pretrained(folder)
+    device_map = None if placement is None else plan(placement, config, dtype)
+    devices = set((device_map or {"": device}).values())
+    # drawn on its one device, else on the CPU and dispatched from there
+    only = device_name(devices.pop()) if len(devices) == 1 else "cpu"
+    home = torch.device("cpu" if only == "disk" else only)
+    torch.manual_seed(getattr(config, "random_seed", 0))
+    with home:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if device_map is not None:
+        model = dispatch(model, placement, device_map)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def check_same_vocab(slm_tok, llm_tok, slm_ref: str, llm_ref: str) -> None:

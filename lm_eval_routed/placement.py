@@ -342,11 +342,15 @@ def _existing(path: Path) -> Path:
 # -- placing a model already in memory; what run info records ---------------------------------
 
 
-def dispatch(model: torch.nn.Module, request: PlacementRequest) -> torch.nn.Module:
-    """``model`` (loaded on the CPU) placed as ``request`` asks, through accelerate's dispatch."""
+def dispatch(
+    model: torch.nn.Module, request: PlacementRequest, device_map: dict[str, Device] | None = None
+) -> torch.nn.Module:
+    """``model`` (built on the CPU) placed by ``device_map`` (default: planned from ``request``)
+    through accelerate's dispatch."""
     from accelerate import dispatch_model
 
-    device_map = plan(request, model.config, next(model.parameters()).dtype)
+    if device_map is None:
+        device_map = plan(request, model.config, next(model.parameters()).dtype)
     offload = None
     if "disk" in device_map.values():  # a folder of its own: accelerate reuses any index it finds
         Path(request.offload_folder).mkdir(parents=True, exist_ok=True)
