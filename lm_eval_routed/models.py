@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.placement import PlacementRequest, device_name, dispatch, plan
+from lm_eval_routed.placement import (
+    PlacementRequest,
+    device_name,
+    dispatch,
+    offload_dir,
+    plan,
+    removes_offload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +116,20 @@ def _load_hf(
         )
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        offload = None
         if placement is not None:  # resolved and checked on the config, before any weight loads
             device_map = plan(placement, AutoConfig.from_pretrained(source, **kwargs), dtype)
-            kwargs.update(device_map=device_map, offload_folder=placement.offload_folder)
+            offload = offload_dir(placement, device_map)
+            kwargs.update(device_map=device_map, offload_folder=offload)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa", **kwargs
         )
     except OSError as err:
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"cannot load model {ref!r}: {first}") from None
-    return (model if placement is not None else model.to(device)), tok
+    if placement is None:
+        return model.to(device), tok
+    return removes_offload(model, offload), tok
 
 
 def _load_random(

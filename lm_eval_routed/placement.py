@@ -351,17 +351,30 @@ def dispatch(
 
     if device_map is None:
         device_map = plan(request, model.config, next(model.parameters()).dtype)
-    offload = None
-    if "disk" in device_map.values():  # a folder of its own: accelerate reuses any index it finds
-        Path(request.offload_folder).mkdir(parents=True, exist_ok=True)
-        offload = tempfile.mkdtemp(prefix="llm-", dir=request.offload_folder)
-        weakref.finalize(model, shutil.rmtree, offload, True)
-    return dispatch_model(
+    offload = offload_dir(request, device_map)
+    model = dispatch_model(
         model,
         device_map=device_map,
         offload_dir=offload,
         skip_keys=getattr(model, "_skip_keys_device_placement", None),
     )
+    return removes_offload(model, offload)
+
+
+def offload_dir(request: PlacementRequest, device_map: dict[str, Device]) -> str | None:
+    """A folder of this load's own inside ``offload_folder`` when the map uses disk: accelerate
+    reuses whatever index it finds in a folder, and the processes of one launch share the path."""
+    if "disk" not in device_map.values():
+        return None
+    Path(request.offload_folder).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="llm-", dir=request.offload_folder)
+
+
+def removes_offload(model: torch.nn.Module, folder: str | None) -> torch.nn.Module:
+    """``model``, whose offload ``folder`` goes when it does."""
+    if folder is not None:
+        weakref.finalize(model, shutil.rmtree, folder, True)
+    return model
 
 
 def describe(model: torch.nn.Module) -> dict[str, Any]:

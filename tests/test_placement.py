@@ -320,3 +320,42 @@ def test_demo_llm_split_over_cpu_and_disk_matches_the_whole_model(tmp_path):
     )
     assert split.info()["routed"]["placement"]["llm"]["devices"]["disk"][0] == "layers 15-29"
     assert _decode(split, tokens=8) == _decode(whole, tokens=8)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_places_the_llm_in_each_process(tmp_path):
+    """Two processes, each with its own copy of the LLM split over cpu and disk (one offload folder
+    given, a folder of its own per process inside it): every doc scored, text as one unsplit run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import write_workspace
+
+    root = write_workspace(tmp_path / "ws")
+    common = f"slm={root / 'slm'},llm={root / 'llm'},router=random,p=0.5,"
+    common += "cost_slm=0.001:0.0001,cost_llm=0.01:0.001"
+    placed = f"{common},llm_device_map=model:cpu;lm_head:disk,offload_folder={tmp_path / 'off'}"
+    lm_eval = ["-m", "lm_eval", "run", "--model", "routed", "--tasks", "tiny_routed"]
+    lm_eval += ["--include_path", str(root / "tasks"), "--log_samples", "--batch_size", "2"]
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu"]
+    runs = {
+        "placed": [*launch, "--num_processes", "2", *lm_eval, "--model_args", placed],
+        "whole": [sys.executable, *lm_eval, "--model_args", common],
+    }
+    texts = {}
+    for name, cmd in runs.items():
+        out = tmp_path / name
+        proc = subprocess.run(
+            [*cmd, "--output_path", str(out)], capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(x) for x in next(out.rglob("samples_*.jsonl")).read_text().splitlines()]
+        texts[name] = {r["doc_id"]: r["resps"] for r in rows}
+        if name == "placed":
+            info = json.loads(next(out.rglob("results_*.json")).read_text())
+            found = json.dumps(info)
+            assert '"disk": ["lm_head"]' in found  # run info says where the layers were
+    assert sorted(texts["placed"]) == [0, 1, 2, 3]
+    assert texts["placed"] == texts["whole"]
+    assert not any((tmp_path / "off").iterdir())  # each process's offload folder went with it
