@@ -276,6 +276,31 @@ def test_native_engine_follows_a_placement_whose_weights_stay_put():
     assert torch.equal(got, want.forward(want.new_cache(2, 8), [0, 1], [0, 0], prompts).logits)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU beside the CPU")
+def test_cuda_and_cpu_layers_run_where_they_sit_on_both_engines():
+    """Layers resident on cuda:0 and on the CPU (accelerate's dispatch with the CPU as its main device
+    keeps CPU modules resident, not offloaded): each layer's KV cache on its own device, hidden states
+    crossing once, logits on the SLM's device, and both engines agreeing with the whole model."""
+    want = make_engine(tiny_qwen2(4, 7), 98, "hf")
+    model = tiny_qwen2(4, 7)
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0}
+    device_map |= {"model.layers.1": 0, "model.layers.2": "cpu", "model.layers.3": "cpu"}
+    device_map |= {"model.norm": "cpu", "lm_head": "cpu"}
+    dispatch_model(model, device_map=device_map, main_device="cpu")
+    prompts = [[3, 4, 5, 6], [7, 8]]
+    expected = want.forward(want.new_cache(2, 8), [0, 1], [0, 0], prompts).logits
+    for choice in ("hf", "native"):
+        engine = make_engine(model, 98, choice, output_device=torch.device("cpu"))
+        assert engine.kind == choice and engine.device == torch.device("cuda", 0)
+        cache = engine.new_cache(2, 8)
+        got = engine.forward(cache, [0, 1], [0, 0], prompts)
+        assert got.logits.device.type == "cpu" and got.hidden.device.type == "cpu"
+        assert [k.device.type for k in cache.keys] == ["cuda", "cuda", "cpu", "cpu"]
+        torch.testing.assert_close(got.logits, expected, rtol=1e-3, atol=1e-3)
+        step = engine.forward(cache, [0, 1], [4, 2], [[9], [10]]).logits
+        assert step.shape == (2, 98)
+
+
 def test_an_offloaded_embedding_runs_where_its_hook_says(tmp_path):
     model = tiny_qwen2(2, 5)
     dispatch_model(
