@@ -91,7 +91,7 @@ class RoutedConfig:
                 )
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
-        from lm_eval_routed.placement import check_keys  # imports this module
+        from lm_eval_routed.placement_keys import check_keys  # imports this module
 
         check_keys(self.llm_device_map, self.max_memory, self.offload_folder)
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):

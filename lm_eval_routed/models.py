@@ -10,14 +10,8 @@ from pathlib import Path
 import torch
 
 from lm_eval_routed.config import ConfigError
-from lm_eval_routed.placement import (
-    PlacementRequest,
-    device_name,
-    dispatch,
-    offload_dir,
-    plan,
-    removes_offload,
-)
+from lm_eval_routed.placement import dispatch, offload_dir, plan, removes_offload
+from lm_eval_routed.placement_keys import PlacementRequest, device_name
 
 log = logging.getLogger(__name__)
 

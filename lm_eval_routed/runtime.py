@@ -32,7 +32,8 @@ from lm_eval_routed.models import (
     resolve_device,
     resolve_dtype,
 )
-from lm_eval_routed.placement import PlacementRequest, describe
+from lm_eval_routed.placement import describe
+from lm_eval_routed.placement_keys import PlacementRequest
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ from accelerate import dispatch_model
 from helpers import char_tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from lm_eval_routed import placement
+from lm_eval_routed import placement, placement_keys
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.core import native
 from lm_eval_routed.core.engine import HFEngine, execution_device
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.placement import PlacementRequest
+from lm_eval_routed.placement_keys import PlacementRequest
 from lm_eval_routed.runtime import build_runtime, make_engine
 
 PROMPTS = ["hello there", "abc", "x y z w", "0+0="]
@@ -76,17 +76,17 @@ def _decode(rt, tokens: int = 12) -> list[list[int]]:
 
 
 def test_device_maps_parse_in_every_form(tmp_path):
-    assert placement.parse_device_map("balanced") == "balanced"
-    assert placement.parse_device_map("cuda:1") == {"": 1}
-    assert placement.parse_device_map("cpu") == {"": "cpu"}
+    assert placement_keys.parse_device_map("balanced") == "balanced"
+    assert placement_keys.parse_device_map("cuda:1") == {"": 1}
+    assert placement_keys.parse_device_map("cpu") == {"": "cpu"}
     want = {"model.layers.0": 0, "lm_head": "disk"}
-    assert placement.parse_device_map("model.layers.0:cuda:0;lm_head:disk") == want
-    assert placement.parse_device_map('{"model.layers.0": 0, "lm_head": "disk"}') == want
+    assert placement_keys.parse_device_map("model.layers.0:cuda:0;lm_head:disk") == want
+    assert placement_keys.parse_device_map('{"model.layers.0": 0, "lm_head": "disk"}') == want
     path = tmp_path / "map.json"
     path.write_text(json.dumps({"model.layers.0": "cuda:0", "lm_head": "disk"}))
-    assert placement.parse_device_map(str(path)) == want
-    assert placement.parse_max_memory("0:20GiB;cpu:1MiB") == {0: 20 * 2**30, "cpu": 2**20}
-    assert placement.parse_max_memory('{"cuda:1": "2GiB"}') == {1: 2 * 2**30}
+    assert placement_keys.parse_device_map(str(path)) == want
+    assert placement_keys.parse_max_memory("0:20GiB;cpu:1MiB") == {0: 20 * 2**30, "cpu": 2**20}
+    assert placement_keys.parse_max_memory('{"cuda:1": "2GiB"}') == {1: 2 * 2**30}
 
 
 @pytest.mark.parametrize(
@@ -114,8 +114,11 @@ def test_yaml_mappings_become_the_same_request(tmp_path):
         "llm_device_map:\n  model.layers.0: 0\n  lm_head: cpu\nmax_memory:\n  0: 1GiB\n"
     )
     cfg = load_config({"config": str(path)})
-    assert placement.parse_device_map(cfg.llm_device_map) == {"model.layers.0": 0, "lm_head": "cpu"}
-    assert placement.parse_max_memory(cfg.max_memory) == {0: 2**30}
+    assert placement_keys.parse_device_map(cfg.llm_device_map) == {
+        "model.layers.0": 0,
+        "lm_head": "cpu",
+    }
+    assert placement_keys.parse_max_memory(cfg.max_memory) == {0: 2**30}
 
 
 # -- refusals before any weight loads ---------------------------------------------------------

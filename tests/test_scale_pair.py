@@ -15,10 +15,10 @@ import yaml
 from helpers import char_tokenizer
 from transformers import AutoConfig
 
-from lm_eval_routed import placement
+from lm_eval_routed import placement, placement_keys
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.models import load_model
-from lm_eval_routed.placement import PlacementRequest
+from lm_eval_routed.placement_keys import PlacementRequest
 from lm_eval_routed.runtime import build_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,5 +134,5 @@ def test_split_maps_cover_the_model(tmp_path, monkeypatch):
     config = AutoConfig.from_pretrained(tmp_path / "llm")
     request = PlacementRequest(json.dumps(device_map), None, str(tmp_path / "off"))
     assert placement.plan(request, config, torch.float32) == {
-        k: placement.parse_device_map(json.dumps(device_map))[k] for k in device_map
+        k: placement_keys.parse_device_map(json.dumps(device_map))[k] for k in device_map
     }
