@@ -7,6 +7,7 @@ ends here, is validated once, and fails with one line naming the key and what it
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -51,6 +52,9 @@ class RoutedConfig:
     llm_lookahead: bool = True  # rows still decoding ride along in LLM forwards (decoder.py)
     prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
     engine: str = "auto"  # auto: native where the model is covered and agrees with hf; native; hf
+    llm_device_map: str | None = None  # the LLM over devices (placement.py); None: whole on device
+    max_memory: str | None = None  # llm_device_map: bytes per device, e.g. 0:20GiB;cpu:64GiB
+    offload_folder: str | None = None  # llm_device_map: where modules mapped to disk are kept
     schedule: str = (
         "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
     )
@@ -99,6 +103,9 @@ class RoutedConfig:
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
         _check_nominal(self.params_slm_nominal, self.params_llm_nominal)
+        from lm_eval_routed.placement_keys import check_keys  # imports this module
+
+        check_keys(self.llm_device_map, self.max_memory, self.offload_folder)
         if self.device != "auto" and not DEVICE_FORM.fullmatch(self.device):
             raise ConfigError(
                 f"device={self.device!r} is not supported; use auto, cpu, cuda[:N] or mps"
@@ -170,6 +177,9 @@ _FIELDS = {f.name: f for f in fields(RoutedConfig) if f.name != "extra"}
 def _coerce(key: str, raw: Any) -> Any:
     """Turn a model_args string (or YAML value) into the field's type, or raise ConfigError."""
     kind = str(_FIELDS[key].type)
+    # a YAML mapping (llm_device_map, max_memory) is kept as its JSON text
+    if isinstance(raw, dict) and kind.startswith("str"):
+        return json.dumps(raw)
     if isinstance(raw, str) and not raw.strip():
         raise ConfigError(f"{key}= is empty; give it a value or leave {key} out")
     if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
@@ -323,6 +333,9 @@ RUN_ONLY_KEYS = frozenset(
         "llm_lookahead",
         "prepack",
         "device",
+        "llm_device_map",
+        "max_memory",
+        "offload_folder",
         "accounting_path",
         "record_tokens",
     }

@@ -13,6 +13,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.placement import dispatch, offload_dir, plan, removes_offload
+from lm_eval_routed.placement_keys import PlacementRequest, device_name
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +70,45 @@ def count_params(model: torch.nn.Module) -> ParamCount:
     return ParamCount(total=total, non_embedding=total - embedding)
 
 
-def load_model(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf`` or ``demo:slm|llm``."""
+def load_model(
+    ref: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    placement: PlacementRequest | None = None,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local folder, ``path/file.gguf``, ``demo:slm|llm``
+    or ``random:folder`` (random weights: ``_load_random``);
+    on ``device``, or spread as ``placement`` asks (``placement.py``: checked before weights load)."""
     if ref.startswith("demo:"):
         from lm_eval_routed import demo_pair
 
         loaders = {"demo:llm": demo_pair.load_demo_llm, "demo:slm": demo_pair.load_demo_slm}
         if ref not in loaders:
             raise ConfigError(f"unknown demo model {ref!r}; use demo:slm or demo:llm")
-        model, tok = loaders[ref](dtype, device)
+        if placement is None:
+            model, tok = loaders[ref](dtype, device)
+        else:  # read into RAM from the package, then placed
+            model, tok = loaders[ref](dtype, torch.device("cpu"))
+            model = dispatch(model.eval(), placement)
+    elif ref.startswith("random:"):
+        model, tok = _load_random(Path(ref.removeprefix("random:")), dtype, device, placement)
     else:
-        model, tok = _load_hf(ref, dtype, device, trust_remote_code)
+        model, tok = _load_hf(ref, dtype, device, trust_remote_code, placement)
     model.eval().requires_grad_(False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok
 
 
-def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_hf(
+    ref: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool,
+    placement: PlacementRequest | None = None,
+):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     source = ref
@@ -102,6 +124,11 @@ def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_co
     preflight(ref)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        offload = None
+        if placement is not None:  # resolved and checked on the config, before any weight loads
+            device_map = plan(placement, AutoConfig.from_pretrained(source, **kwargs), dtype)
+            offload = offload_dir(placement, device_map)
+            kwargs.update(device_map=device_map, offload_folder=offload)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa", **kwargs
         )
@@ -110,7 +137,36 @@ def _load_hf(ref: str, dtype: torch.dtype, device: torch.device, trust_remote_co
         # JSON, tensors that do not fit it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load model {ref!r}: {first}") from None
-    return model.to(device), tok
+    if placement is None:
+        return model.to(device), tok
+    return removes_offload(model, offload), tok
+
+
+def _load_random(
+    folder: Path, dtype: torch.dtype, device: torch.device, placement: PlacementRequest | None
+):
+    """The model ``folder``'s config describes, its weights drawn on the spot (seeded by the
+    config's ``random_seed``) where they will live, and the folder's tokenizer: a stand-in of any
+    size for speed measurements (``scripts/build_scale_pair.py``) that needs no weights on disk."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"random:{folder} needs a folder with config.json and a tokenizer "
+            "(scripts/build_scale_pair.py writes them)"
+        )
+    config = AutoConfig.from_pretrained(folder)
+    device_map = None if placement is None else plan(placement, config, dtype)
+    devices = set((device_map or {"": device}).values())
+    # drawn on its one device, else on the CPU and dispatched from there
+    only = device_name(devices.pop()) if len(devices) == 1 else "cpu"
+    home = torch.device("cpu" if only == "disk" else only)
+    torch.manual_seed(getattr(config, "random_seed", 0))
+    with home:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if device_map is not None:
+        model = dispatch(model, placement, device_map)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def preflight(ref: str) -> None:

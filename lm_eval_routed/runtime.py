@@ -39,6 +39,8 @@ from lm_eval_routed.models import (
     tokenizer_size,
 )
 from lm_eval_routed.offsets import with_offsets
+from lm_eval_routed.placement import describe
+from lm_eval_routed.placement_keys import PlacementRequest
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,9 @@ class RoutedRuntime:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "slm_dtype": str(self.slm_dtype).removeprefix("torch."),
                 "device": str(self.device),
+                "llm_device_map": self.cfg.llm_device_map,
+                # where each model's modules were stored and ran (placement.py)
+                "placement": {"slm": describe(self.slm), "llm": describe(self.llm)},
                 "batch_size": self.cfg.batch_size,
                 "llm_min_batch": self.cfg.llm_min_batch,
                 "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
@@ -248,12 +253,17 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     if slm is None or llm is None:
         for ref in (cfg.slm, cfg.llm):  # damaged local files, before any weight loads
             preflight(ref)
-        # the SLM first: it loads in a fraction of the LLM's time, and what is wrong with it (or
-        # with the LLM's vocabulary size against its tokenizer) shows before the LLM loads
+        placement = PlacementRequest.of(cfg)  # checked on the LLM's config before weights load
+        llm = None
+        if placement is not None:  # a placement that cannot be stops the run before any load
+            llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code, placement)
+        # else the SLM first: it loads in a fraction of the LLM's time, and what is wrong with it
+        # (or with the LLM's vocabulary size against its tokenizer) shows before the LLM loads
         slm, slm_tok = load_model(cfg.slm, slm_dtype, device, cfg.trust_remote_code)
         check_vocab_fits(slm, slm_tok, cfg.slm, "slm")
         _check_llm_vocab(cfg, slm_tok)
-        llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
+        if llm is None:
+            llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
     else:  # models handed in: their own dtypes are what runs
         dtype, slm_dtype = llm.dtype, slm.dtype
@@ -263,10 +273,9 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
-    slm_engine, llm_engine = (
-        make_engine(slm, vocab, cfg.engine, cfg.prepack),
-        make_engine(llm, vocab, cfg.engine, cfg.prepack),
-    )
+    slm_engine = make_engine(slm, vocab, cfg.engine, cfg.prepack)
+    # the LLM's logits meet the SLM's rows (sampling generators, routers) on the SLM's device
+    llm_engine = make_engine(llm, vocab, cfg.engine, cfg.prepack, output_device=slm_engine.device)
     router = make_router(cfg.router, cfg, slm)
     if cfg.router == "speculative" and cfg.schedule == "lockstep":
         log.info("speculative decoding ignores schedule=lockstep")
@@ -308,12 +317,17 @@ def _check_llm_vocab(cfg: RoutedConfig, tokenizer) -> None:
 
 
 def make_engine(
-    model: torch.nn.Module, vocab: int, choice: str = "auto", prepack: bool = True
+    model: torch.nn.Module,
+    vocab: int,
+    choice: str = "auto",
+    prepack: bool = True,
+    output_device: torch.device | None = None,
 ) -> HFEngine:
     """The engine ``choice`` names for ``model``: ``native`` where it covers the model and agrees
     with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for; with
-    ``prepack``, on prepacked CPU linear layers of its own."""
-    hf = HFEngine(model, vocab, prepack=prepack)
+    ``prepack``, on prepacked CPU linear layers of its own; outputs on ``output_device`` (default:
+    where the model's embedding runs)."""
+    hf = HFEngine(model, vocab, prepack=prepack, output_device=output_device)
     if choice == "hf":
         return hf
     name = type(model).__name__

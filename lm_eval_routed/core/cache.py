@@ -24,7 +24,7 @@ repeated first, as Hugging Face's own SDPA path does, so the efficient kernel ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,42 @@ class PackedPlan:
     # set when the cache gathers (GPU) and the forward is not a dense decode step
     gathered: Gathered | None = None
     repeat_kv: bool = False  # repeat grouped KV heads before masked calls (module docstring)
+    # this plan's copies per device, shared by the copies (a model spread over devices: placement.py)
+    copies: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to(self, device: torch.device | str | int, non_blocking: bool = False) -> PackedPlan:
+        """The plan with its index tensors on ``device``: made once per forward and device, for the
+        layers that run there (accelerate's hooks call this on the arguments they move too)."""
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        here = self.positions.device
+        if device.type == here.type and device.index in (None, here.index):
+            return self
+        if not self.copies:
+            self.copies[here] = self
+        if device not in self.copies:
+
+            def move(t: Tensor | None) -> Tensor | None:
+                return None if t is None else t.to(device, non_blocking=non_blocking)
+
+            g = self.gathered
+            self.copies[device] = replace(
+                self,
+                positions=move(self.positions),
+                write_rows=move(self.write_rows),
+                write_slots=move(self.write_slots),
+                masks={k: move(m) for k, m in self.masks.items()},
+                dense_mask=move(self.dense_mask),
+                gathered=g
+                and replace(
+                    g,
+                    slots=move(g.slots),
+                    q_index=move(g.q_index),
+                    out_index=move(g.out_index),
+                    mask=move(g.mask),
+                ),
+                copies=self.copies,
+            )
+        return self.copies[device]
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -198,8 +234,8 @@ class RowKVCache:
 
     def write(self, layer_idx: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """Write packed keys/values (S, H, D) at the planned slots; return the layer's buffers."""
-        plan = self.plan
-        assert plan is not None, "RowKVCache.prepare() must run before each forward"
+        assert self.plan is not None, "RowKVCache.prepare() must run before each forward"
+        plan = self.plan.to(key.device)  # a layer's buffers live on the device it runs on
         if layer_idx == len(self.keys):  # first forward: size the buffers from the model's shapes
             shape = (self.batch + 1, key.shape[1], self.capacity, key.shape[2])
             self.keys.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
@@ -229,6 +265,7 @@ def attend(
     cache was built to (module docstring). Padding queries' outputs are never read.
     """
     _, heads, width, dim = query.shape
+    plan = plan.to(query.device)
     if plan.gathered is not None:
         return _attend_gathered(query, k_buf, v_buf, plan.gathered, scale, plan.repeat_kv)
     if plan.dense:

@@ -63,7 +63,11 @@ def shared_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
     tensors = [*model.parameters(), *model.buffers()]
     for module in model.modules():
         tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
-    memo = {id(t): t for t in tensors}  # deepcopy hands these back as they are
+    # accelerate's hooks (a dispatched model: placement.py) are shared, not copied: they hold the
+    # offloaded weights and open files, and keep no reference to the module they run, so each tree
+    # runs through them on its own modules
+    hooks = [m._hf_hook for m in model.modules() if getattr(m, "_hf_hook", None) is not None]
+    memo = {id(x): x for x in [*tensors, *hooks]}  # deepcopy hands these back as they are
     try:
         return copy.deepcopy(model, memo)
     except (TypeError, RuntimeError, copy.Error) as err:
@@ -71,6 +75,27 @@ def shared_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
             f"cannot build an engine over {type(model).__name__}: its module tree does not copy "
             f"({err}); pass a model without hooks or offloading"
         ) from err
+
+
+def execution_device(model: torch.nn.Module, module: torch.nn.Module) -> torch.device:
+    """Where ``module`` of ``model`` computes: its weights' device, or for weights accelerate offloaded
+    (left on the meta device, streamed in per forward) the device its hook, or a parent's, runs it on."""
+    weight = next(module.parameters())
+    if weight.device.type != "meta":
+        return weight.device
+    names = {m: n for n, m in model.named_modules()}
+    target, found = names[module], None
+    for name, m in model.named_modules():  # the innermost hooked module that holds ``module``
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+            device = getattr(h, "execution_device", None)
+            inside = not name or target == name or target.startswith(name + ".")
+            if device is not None and inside and (found is None or len(name) > len(found[0])):
+                found = (name, device)
+    if found is None:
+        raise ValueError(f"{type(module).__name__} has offloaded weights but no accelerate hook")
+    device = found[1]
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -95,15 +120,19 @@ class HFEngine:
         gather: bool | None = None,
         repeat_kv: bool | None = None,
         prepack: bool = False,
+        output_device: torch.device | None = None,
     ) -> None:
         self.model = shared_weights_copy(model)  # the engine's own; ``model`` is only read
         self.model.config._attn_implementation = ATTENTION  # on the copy's config alone
-        # CPU: the copy's linear layers on prepacked weights (cpu_linear)
+        # CPU: the copy's linear layers on prepacked weights (cpu_linear); offloaded ones stay
         self.prepacked = prepack and cpu_linear.prepack_linears(self.model) > 0
         self.base = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
-        weight = next(model.parameters())
-        self.device, self.dtype = weight.device, weight.dtype
+        self.dtype = next(model.parameters()).dtype
+        # token ids and the cache's plans start where the embedding runs; a model spread over
+        # devices (placement.py) hands its logits to the decoder on ``output_device``
+        self.device = execution_device(self.model, self.model.get_input_embeddings())
+        self.output_device = output_device or self.device
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (module docstring); 8 keeps GPU tensor-core shapes aligned
@@ -179,16 +208,19 @@ class HFEngine:
         )
         ids, last_t, picked_t = flat.split([width, len(last), len(picked)])
         hidden = self._hidden(ids, plan, cache)
+        if hidden.device != ids.device:  # the last layers ran elsewhere: index where they left it
+            last_t, picked_t = last_t.to(hidden.device), picked_t.to(hidden.device)
         last_hidden = hidden[last_t]
         if at is None:
-            return ForwardOut(logits=self._logits(last_hidden, whole_head), hidden=last_hidden)
+            logits = self._logits(last_hidden, whole_head)
+            return ForwardOut(logits=logits, hidden=last_hidden.to(self.output_device))
         flat_logits = self._logits(hidden[picked_t], whole_head)
         logits = flat_logits.new_zeros(len(rows), max(map(len, at)), flat_logits.shape[-1])
         k = 0
         for i, js in enumerate(at):
             logits[i, : len(js)] = flat_logits[k : k + len(js)]
             k += len(js)
-        return ForwardOut(logits=logits, hidden=last_hidden)
+        return ForwardOut(logits=logits, hidden=last_hidden.to(self.output_device))
 
     def _hidden(self, ids: Tensor, plan: PackedPlan, cache: RowKVCache) -> Tensor:
         """The body over packed token ids (S,): final-norm hidden states (S, H)."""
@@ -209,4 +241,5 @@ class HFEngine:
         if pad:
             hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
         logits = self.head(hidden)[:n]
-        return (logits if whole_head else logits[:, : self.vocab_size]).float()
+        logits = logits if whole_head else logits[:, : self.vocab_size]
+        return logits.to(self.output_device).float()

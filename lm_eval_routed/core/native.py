@@ -41,14 +41,14 @@ ROUNDING_TOLERANCE = 0.05
 def unsupported(model: nn.Module) -> str | None:
     """Why ``NativeEngine`` cannot run ``model`` (None when it can)."""
     base = model.get_decoder()
-    if any(hasattr(m, "_hf_hook") for m in model.modules()):
-        return "its modules carry accelerate hooks (device_map offloading)"
-    if len({p.device for p in model.parameters()}) > 1:
-        return "its weights span several devices"
+    if any(p.device.type == "meta" for p in model.parameters()):  # placement.py
+        return "accelerate offloads some of its weights (cpu or disk) and streams them in"
     layers = getattr(base, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         return f"{type(base).__name__} keeps no list of decoder layers under .layers"
     for layer in layers:
+        if len({p.device for p in layer.parameters()}) > 1:
+            return "one of its decoder layers spans several devices"
         family = type(layer).__name__.removesuffix("DecoderLayer")
         if family not in FAMILIES:
             return f"{type(layer).__name__} is not a decoder layer of {', '.join(FAMILIES)}"
@@ -77,7 +77,8 @@ def _stackable(layer: nn.Module) -> list[list[nn.Linear]]:
 
 def _packs(linears: list[nn.Linear], prepacked: bool) -> bool:
     """Whether an engine that ``prepacked`` runs ``linears`` on a packed copy of their stack."""
-    return prepacked and cpu_linear.supported(linears[0].weight.dtype)
+    weight = linears[0].weight  # a placement may leave some layers on the CPU and some elsewhere
+    return prepacked and weight.device.type == "cpu" and cpu_linear.supported(weight.dtype)
 
 
 @dataclass(eq=False)
@@ -135,6 +136,7 @@ class _Layer:
     def __init__(self, layer: nn.Module, prepacked: bool) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.index = attn.layer_idx
+        self.device = attn.q_proj.weight.device  # where a placement put it (placement.py)
         self.qkv, self.gate_up = (_Matmul(group, prepacked) for group in _stackable(layer))
         self.nq, self.nkv = attn.q_proj.out_features, attn.k_proj.out_features
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
@@ -177,6 +179,10 @@ class NativeEngine(HFEngine):
         cos, sin = base.rotary_emb(h, plan.positions)  # (1, S, D) each
         cos, sin = cos[0, :, None], sin[0, :, None]  # broadcast over heads
         for layer in self.layers:
+            if h.device != layer.device:  # the placement changes device here (placement.py)
+                h = h.to(layer.device)
+            if cos.device != layer.device:
+                cos, sin = cos.to(layer.device), sin.to(layer.device)
             d, nq, nkv = layer.head_dim, layer.nq, layer.nkv
             x = layer.qkv(rms_norm(h, layer.norm1))
             if layer.q_norm is None:  # rotate q and k as one tensor: fewer ops, the same values
@@ -191,7 +197,7 @@ class NativeEngine(HFEngine):
             h = h + layer.o_proj(out.reshape(width, -1))
             gate, up = layer.gate_up(rms_norm(h, layer.norm2)).split(layer.inter, dim=-1)
             h = h + layer.down_proj(layer.act(gate) * up)
-        return rms_norm(h, base.norm)
+        return rms_norm(h.to(base.norm.weight.device), base.norm)
 
 
 def checked_engine(
@@ -209,7 +215,12 @@ def checked_engine(
         for linear in (m for g in groups for m in g):
             # hf's packed copies of what the stacks stand in for go before the stacks are made
             cpu_linear.release(linear)
-    kwargs = {"gather": hf.gather, "repeat_kv": hf.repeat_kv, "prepack": hf.prepacked}
+    kwargs = {
+        "gather": hf.gather,
+        "repeat_kv": hf.repeat_kv,
+        "prepack": hf.prepacked,
+        "output_device": hf.output_device,
+    }
     engine = NativeEngine(model, vocab_size, **kwargs)
     if probed:
         reason = _differ(_probe(engine), expected, engine.device)
