@@ -180,7 +180,18 @@ def check_labels(cfgs: list[RoutedConfig]) -> None:
 
 
 # config keys that decide which weights a runtime holds: cells that agree on them share one load
-_LOAD_KEYS = ("slm", "llm", "dtype", "slm_dtype", "device", "trust_remote_code")
+# what loading a pair depends on: configurations that agree on these share the loaded weights
+_LOAD_KEYS = (
+    "slm",
+    "llm",
+    "dtype",
+    "slm_dtype",
+    "device",
+    "trust_remote_code",
+    "llm_device_map",
+    "max_memory",
+    "offload_folder",
+)
 
 
 def _runtime_for(cfg: RoutedConfig, shared: RoutedRuntime | None) -> RoutedRuntime:
