@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def python(code: str) -> str:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -12,6 +14,7 @@ def python(code: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow  # a fresh interpreter indexes every lm-eval task
 def test_routed_and_builtin_models_resolve():
     out = python(
         "from lm_eval.api.registry import get_model\n"
@@ -30,6 +33,7 @@ def test_plain_start_up_imports_nothing_heavy():
     assert out == "True []"
 
 
+@pytest.mark.slow  # a fresh interpreter indexes every lm-eval task
 def test_project_tasks_visible_without_include_path():
     out = python(
         "from lm_eval.tasks import TaskManager\n"

@@ -176,6 +176,7 @@ def test_demo_rows_are_checked(tmp_path, monkeypatch, line, needle):
         utils.load_demo()
 
 
+@pytest.mark.slow  # a fresh interpreter indexes every lm-eval task
 def test_lm_eval_task_build_lets_our_one_line_through(tmp_path, monkeypatch):
     """lm-eval builds the task (and so loads our data) without wrapping our error in its own."""
     from lm_eval.tasks import TaskManager, get_task_dict
