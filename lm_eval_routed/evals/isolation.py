@@ -264,6 +264,11 @@ def _build_root(spec: dict, proc: bool, layers: list) -> str:
     ro = MS_RDONLY | MS_NOSUID | MS_NODEV
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    # the scratch tmpfs first: binds of an interpreter installed under /tmp then sit on top of it
+    scratch = f"size={spec['limits']['file_mb']}m,mode=1777"
+    for path in ("/tmp", "/dev/shm"):  # noqa: S108
+        os.makedirs(root + path, mode=0o755, exist_ok=True)
+        _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, scratch)
     for entry in spec["mounts"]:
         dst = root + entry["path"]
         if entry["kind"] == "link":
@@ -278,10 +283,6 @@ def _build_root(spec: dict, proc: bool, layers: list) -> str:
         _bind(f"/dev/{name}", f"{root}/dev/{name}", False, MS_NOSUID | MS_NOEXEC)
     for name, target in STDIO_LINKS.items():
         os.symlink(target, f"{root}/dev/{name}")
-    scratch = f"size={spec['limits']['file_mb']}m,mode=1777"
-    for path in ("/tmp", "/dev/shm"):  # noqa: S108
-        os.makedirs(root + path, mode=0o755, exist_ok=True)
-        _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, scratch)
     if proc:
         os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
         try:  # a fresh /proc: only this namespace's processes; absent if the kernel says no
