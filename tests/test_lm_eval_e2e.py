@@ -85,7 +85,7 @@ def test_multiple_choice_is_scored_by_llm(workspace):
 
 @pytest.mark.slow
 def test_bad_model_arg_is_one_line(workspace):
-    proc = run_lm_eval(workspace, "router=nonsense,p=2", "tiny_routed")
+    proc = run_lm_eval(workspace, "router=random,p=2", "tiny_routed")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "p=2.0 is out of range" in proc.stderr

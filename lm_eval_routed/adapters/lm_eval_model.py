@@ -10,6 +10,7 @@ each sample's under ``"routed"`` (``finish_routed_evaluation``).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -67,6 +68,7 @@ class RoutedLM(TemplateLM):
             from accelerate import Accelerator
 
             self.accelerator = Accelerator()
+            atexit.register(_leave_process_group)
             self._rank = self.accelerator.process_index
             self._world_size = self.accelerator.num_processes
             model_args.setdefault("device", str(self.accelerator.device))
@@ -363,3 +365,15 @@ def _batch_size(given: int | str, model_arg: Any) -> int:
         raise ConfigError(
             f"{named}{value!r} is not a whole number of rows; give an integer such as 8 (or auto)"
         ) from None
+
+
+def _leave_process_group() -> None:
+    """Tear the ranks' process group down while Python is still alive.
+
+    A rank that exits with it still up aborts (gloo's worker threads are destroyed during interpreter
+    finalisation: "terminate called without an active exception"), and the launcher then fails the
+    whole run although every result was written.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
