@@ -83,7 +83,7 @@ def guessed(route_gen: torch.Generator) -> tuple[Row, Guessing, list[torch.Tenso
     for token, routed in zip([60, 61, 62, 63], [True, False, True, False]):
         if routed:
             states.append(route_gen.get_state())
-        guessing.hold(r, token, routed, ends=False)
+        r.waiting = guessing.hold(r, token, routed, ends=False)
         torch.rand((), generator=route_gen)  # the router draws after each position
     return r, guessing, states
 
@@ -115,3 +115,16 @@ def test_guesses_stop_while_they_do_not_pay():
         counters.count_guess(False)
     assert not guessing.pays(r, counters)  # (0 + 2) / (6 + 4) < 0.4
     assert not Guessing(limit=0).pays(row(), RunCounters())
+
+
+def test_a_guessing_row_waits_at_its_limit_at_an_ending_token_or_at_its_budget():
+    guessing = Guessing(limit=3)
+    r = row(budget=10)
+    assert [guessing.hold(r, t, routed=t == 60, ends=False) for t in (60, 61, 62)] == [
+        False,
+        False,
+        True,
+    ]
+    assert guessing.hold(row(), 60, routed=True, ends=True)  # a row only ends on checked tokens
+    near_end = row(committed=8, budget=10)  # room for two more tokens
+    assert [guessing.hold(near_end, t, routed=True, ends=False) for t in (60, 61)] == [False, True]

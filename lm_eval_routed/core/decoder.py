@@ -186,7 +186,7 @@ class MixedDecoder:
             if result is Outcome.COMMIT:
                 self._commit(row, token, Model.SLM)
             elif result is Outcome.GUESS:
-                self.guessing.hold(row, token, to_llm, ends=token in self.eos_ids)
+                row.waiting = self.guessing.hold(row, token, to_llm, ends=token in self.eos_ids)
             else:  # the SLM's token is dropped; scored against the LLM's once that is known
                 self.guessing.note_dropped(row, token)
                 row.waiting = result is Outcome.WAIT
@@ -249,7 +249,7 @@ class MixedDecoder:
         out, fed = self._forward(Model.SLM, rows)
         tokens, probs = choose(out.logits, rows)
         for row, token, prob in zip(rows, tokens, probs):
-            self.drafting.add(row, token, prob, ends=token in self.eos_ids)
+            row.waiting = self.drafting.add(row, token, prob, ends=token in self.eos_ids)
         charge(rows, fed, time.perf_counter() - start)
         return sum(fed)
 

@@ -25,12 +25,12 @@ class Drafting:
         """Drafts a row may still make: its draft length, less the room the LLM's own token needs."""
         return max(0, min(row.unchecked.gamma, row.left - 1))
 
-    def add(self, row: Row, token: int, prob: Tensor | None, ends: bool) -> None:
-        """Hold the SLM's ``token`` as a draft; the row waits for verification once its budget is
-        drafted or the token ``ends`` the text."""
+    def add(self, row: Row, token: int, prob: Tensor | None, ends: bool) -> bool:
+        """Hold the SLM's ``token`` as a draft; whether the row now waits for verification: its
+        budget is drafted, or the token ``ends`` the text."""
         row.unchecked.tokens.append(token)
         row.unchecked.probs.append(prob)
-        row.waiting = len(row.unchecked.tokens) >= self.budget(row) or ends
+        return len(row.unchecked.tokens) >= self.budget(row) or ends
 
     @staticmethod
     def verify(row: Row, logits: Tensor) -> list[tuple[int, Model]]:

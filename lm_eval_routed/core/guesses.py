@@ -40,15 +40,15 @@ class Guessing:
         right, checked = counters.guesses_right, counters.guesses_checked
         return (right + 2) / (checked + 4) >= GUESS_BREAK_EVEN  # starts from a prior of 1/2
 
-    def hold(self, row: Row, token: int, routed: bool, ends: bool) -> None:
-        """Hold ``token`` unchecked (a guess if ``routed``); the row waits once it holds
-        ``limit`` tokens, or at a token that ``ends`` the text (a row only finishes on checked ones)."""
+    def hold(self, row: Row, token: int, routed: bool, ends: bool) -> bool:
+        """Hold ``token`` unchecked (a guess if ``routed``); whether the row now waits for the check:
+        it holds ``limit`` tokens, or one that ``ends`` the text (a row only ends on checked ones)."""
         held = row.unchecked
         if routed:
             held.guesses.append(len(held.tokens))
             held.route_states.append(row.route_gen.get_state())
         held.tokens.append(token)
-        row.waiting = (
+        return (
             len(held.tokens) >= self.limit
             or ends
             or row.generated + len(held.tokens) >= row.req.max_new_tokens

@@ -33,7 +33,7 @@ from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend
 from lm_eval_routed.core.engine import HFEngine
 
 FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3")
-# Off the CPU, fused and separate matrix products may round differently (other kernels): the probe's
+# Off the CPU, other kernels may round the two engines' sequences of ops differently: the probe's
 # logits then have to agree within this share of their largest magnitude.
 ROUNDING_TOLERANCE = 0.05
 
