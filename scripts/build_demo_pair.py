@@ -1,6 +1,8 @@
 """Build the demo SLM: a few-layer student distilled on CPU from SmolLM2-135M-Instruct's own outputs.
 
-1. The teacher writes greedy continuations of a fixed, generated prompt set (no hub, no benchmark text).
+1. The teacher writes greedy continuations of a fixed, generated prompt set (no hub, no benchmark text):
+   chat answers, short answers in routed_demo's format and worked solutions in routed_demo_cot's, on
+   questions that neither task scores.
 2. A student initialised from evenly spaced teacher layers (embeddings and tied head copied and frozen;
    layers and final norm trained) learns to write that text: cross-entropy on the teacher's own tokens
    (sequence-level distillation; a full-vocabulary KL would need a teacher forward per step, 4x slower on
@@ -152,15 +154,39 @@ QA = [
 ]
 
 
-def _demo_task_utils():
-    """tasks/demo/utils.py, for its few-shot prompt format."""
+COT_PROBLEMS = 160  # worked solutions in routed_demo_cot's format, none of its 48 problems
+COT_WINDOW = 176  # tokens of each worked sequence trained on: its end (the last example, the solution)
+COT_NEW_TOKENS = 128  # routed_demo_cot's max_gen_toks
+
+
+def _demo_task_module(name: str):
+    """A module of tasks/demo/ (utils.py for the prompt formats, make_cot_data.py for problems)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "tasks" / "demo" / "utils.py"
-    spec = importlib.util.spec_from_file_location("demo_task_utils", path)
+    path = Path(__file__).resolve().parent.parent / "tasks" / "demo" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"demo_task_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _demo_task_utils():
+    return _demo_task_module("utils")
+
+
+def cot_prompts() -> list[str]:
+    """routed_demo_cot prompts for problems drawn from make_cot_data's training seed (held out)."""
+    utils, make = _demo_task_utils(), _demo_task_module("make_cot_data")
+    return [utils.cot_doc_to_text(row) for row in make.training_rows(COT_PROBLEMS)]
+
+
+def until_blank_line(tok, prompt: list[int], seq: list[int]) -> list[int]:
+    """``seq`` cut after the continuation's first blank line, where routed_demo_cot stops."""
+    cont = seq[len(prompt) :]
+    for i in range(len(cont)):
+        if "\n\n" in tok.decode(cont[: i + 1]):
+            return seq[: len(prompt) + i + 1]
+    return seq
 
 
 def prompts(tok, seed: int) -> list[str]:
@@ -272,7 +298,19 @@ def main() -> None:
     else:
         seqs = teacher_text(teacher, tok, prompts(tok, args.seed), args.new_tokens, 16)
         data_file.write_text(json.dumps(seqs))
-    held_out, train = seqs[:16], seqs[16:]
+    cot_file = WORK / "teacher_cot.json"
+    if cot_file.is_file():
+        cot = json.loads(cot_file.read_text())
+    else:
+        texts = cot_prompts()
+        cot = teacher_text(teacher, tok, texts, COT_NEW_TOKENS, 16)
+        cot = [
+            until_blank_line(tok, tok(t, add_special_tokens=False)["input_ids"], s)[-COT_WINDOW:]
+            for t, s in zip(texts, cot)
+        ]
+        cot_file.write_text(json.dumps(cot))
+    held_out, held_out_cot = seqs[:16], cot[:8]
+    train = seqs[16:] + cot[8:]
 
     n = teacher.config.num_hidden_layers
     layers = [round(i * (n - 1) / (args.layers - 1)) for i in range(args.layers)]
@@ -336,8 +374,14 @@ def main() -> None:
         "loss": "cross-entropy on teacher greedy text",
         "train_sequences": len(train),
         "teacher_new_tokens": args.new_tokens,
-        "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(),
+        "worked_solutions": {
+            "sequences": len(cot) - len(held_out_cot),
+            "window_tokens": COT_WINDOW,
+            "teacher_new_tokens": COT_NEW_TOKENS,
+        },
+        "data_sha256": hashlib.sha256(data_file.read_bytes() + cot_file.read_bytes()).hexdigest(),
         "top1_agreement_held_out": round(agreement(student, teacher, held_out), 4),
+        "top1_agreement_held_out_worked": round(agreement(student, teacher, held_out_cot), 4),
         "params": {
             "student_total": p_s.total,
             "student_non_embedding": p_s.non_embedding,

@@ -1,10 +1,12 @@
 """`lm-eval-routed demo`: score routers beside baselines on the offline demo pair, then a leaderboard.
 
-Runs every configuration below on the ``routed_demo`` task with the demo pair (SmolLM2-135M-Instruct as
-the LLM, a distilled student as the SLM), all offline, and writes ``leaderboard.md``, ``leaderboard.csv``
-and ``pareto.png`` to the output folder. Each trained router shipped in ``router_ckpts/`` also gets its
-control: random routing at the LLM share the router reached (``matched_control``), so "does it beat
-random at equal cost?" is one glance at the table. Finished cells are kept: re-running resumes.
+Runs every configuration below on both demo tasks with the demo pair (SmolLM2-135M-Instruct as the LLM,
+a distilled student as the SLM), all offline: ``routed_demo`` (short answers, prefill-bound) and
+``routed_demo_cot`` (worked arithmetic, decode-bound, where routing saves most of the LLM's steps). It
+writes ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.html`` and ``pareto.png`` to the output
+folder. Each trained router shipped in ``router_ckpts/`` also gets its control on each task: random
+routing at the LLM share the router reached there (``matched_control``), so "does it beat random at
+equal cost?" is one glance at the table. Finished cells are kept: re-running resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from lm_eval_routed.jobs.leaderboard import write_leaderboard
 from lm_eval_routed.jobs.sweep import run_sweep
 from lm_eval_routed.jobs.sweep_cli import job_logging, positive_int
 from lm_eval_routed.paths import router_ckpts_dir
+
+DEMO_TASKS = ("routed_demo", "routed_demo_cot")
 
 # baselines first, then routers from cheapest to dearest knob
 DEMO_CONFIGS: list[dict] = [
@@ -71,7 +75,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     ap.add_argument("--limit", type=positive_int, default=None, help="score only the first N docs")
     ap.add_argument("--batch-size", type=positive_int, default=8)
-    ap.add_argument("--task", default="routed_demo")
+    ap.add_argument(
+        "--tasks",
+        "--task",
+        default=",".join(DEMO_TASKS),
+        help=f"comma-separated lm-eval tasks (default: {','.join(DEMO_TASKS)})",
+    )
     args = ap.parse_args(argv)
     job_logging()
 
@@ -79,19 +88,22 @@ def main(argv: list[str]) -> int:
 
     out = Path(args.out)
     base = {"config": "demo", "batch_size": args.batch_size}
+    tasks = [t for t in args.tasks.split(",") if t.strip()]
 
-    def run(*configs: dict) -> list[dict]:
-        return run_sweep(list(configs), [args.task], out, base=base, limit=args.limit)
+    def run(configs: list[dict], on: list[str]) -> list[dict]:
+        return run_sweep(configs, on, out, base=base, limit=args.limit)
 
     try:
-        summaries = run(*demo_configs())
+        summaries = run(demo_configs(), tasks)
         routers = [
             s for s in summaries if s["config"]["router"] in ("r2r", "citer") and s["accounting"]
         ]
-        summaries += [matched_control(r, lambda cfg: run(cfg)[0]) for r in routers]
+        for router in routers:  # each control on its router's task only: shares differ by task
+            control = matched_control(router, lambda cfg, t=router["task"]: run([cfg], [t])[0])
+            summaries.append({**control, "control_of": router["label"]})
     except ConfigError as err:
         print(f"lm-eval-routed demo: {err}", file=sys.stderr)
         return 2
     print(write_leaderboard(summaries, out))
-    print(f"leaderboard.md, leaderboard.csv and pareto.png written to {out}/")
+    print(f"leaderboard.md, leaderboard.csv, leaderboard.html and pareto.png written to {out}/")
     return 0

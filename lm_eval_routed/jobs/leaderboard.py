@@ -1,8 +1,14 @@
-"""Leaderboard: sweep summaries -> Markdown and CSV tables and a Pareto plot (accuracy vs cost)."""
+"""Leaderboard: sweep summaries -> Markdown and CSV tables, a Pareto plot and an HTML page.
+
+The plot is drawn by ``pareto.py`` and the page by ``leaderboard_html.py``; this module builds the rows
+all of them share.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +77,9 @@ def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> li
                 "speedup_vs_llm_only": _speedup(ref, acc, "latency_s"),
                 "modeled_speedup_vs_llm_only": _speedup(ref, acc, "modeled_latency_s"),
                 "n": s["n_samples"],
+                "model_args": model_args(s["config"]),
+                # set by the demo on a random control: the label of the router it is matched to
+                "control_of": s.get("control_of"),
             }
         )
     return sorted(rows, key=lambda r: (r["task"], r["activated_params"] or 0))
@@ -82,6 +91,11 @@ def _speedup(ref: dict | None, acc: dict, key: str) -> float | None:
     if not ref or not acc or not ref.get(key) or not acc.get(key):
         return None
     return ref[key] / acc[key]
+
+
+def model_args(config: dict[str, Any]) -> str:
+    """A cell's configuration as an ``--model_args`` string (unset keys left out)."""
+    return ",".join(f"{k}={v}" for k, v in config.items() if v is not None)
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -112,63 +126,34 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """Raw numbers, one row per (config, task)."""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns(rows), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy vs mean activated parameters per task; the Pareto front is drawn as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        pts = [r for r in rows if r["task"] == task and r["activated_params"] is not None]
-        for r in pts:
-            ax.errorbar(
-                r["activated_params"] / 1e6, r["accuracy"], yerr=r["stderr"], fmt="o", capsize=3
-            )
-            ax.annotate(
-                r["config"],
-                (r["activated_params"] / 1e6, r["accuracy"]),
-                fontsize=8,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        front, best = [], float("-inf")
-        for r in sorted(pts, key=lambda r: r["activated_params"]):
-            if r["accuracy"] > best:
-                front.append(r)
-                best = r["accuracy"]
-        ax.plot(
-            [r["activated_params"] / 1e6 for r in front],
-            [r["accuracy"] for r in front],
-            "--",
-            color="gray",
-            label="Pareto front",
-        )
-        ax.set_xlabel("activated parameters per token (M, R2R definition)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(task)
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Raw numbers, one row per (config, task), and each configuration's model_args."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*columns(rows), "model_args"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def write_leaderboard(summaries: list[dict[str, Any]], out: Path, metric: str | None = None) -> str:
-    """Write leaderboard.md, leaderboard.csv and pareto.png into ``out``; return the Markdown."""
+    """Write leaderboard.md, .csv, .html and pareto.png into ``out``; return the Markdown."""
+    from lm_eval_routed.jobs.leaderboard_html import render_html
+    from lm_eval_routed.jobs.pareto import entries, pareto_png
+
     rows = build_rows(summaries, metric)
     text = to_markdown(rows)
+    png = pareto_png(rows)
+    numbers = {label: e.number for label, e in entries(rows).items()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.md").write_text(text)
-    write_csv(rows, out / "leaderboard.csv")
-    pareto_plot(rows, out / "pareto.png")
+    _atomic_write(out / "leaderboard.md", text.encode())
+    _atomic_write(out / "leaderboard.csv", to_csv(rows).encode())
+    _atomic_write(out / "pareto.png", png)
+    _atomic_write(out / "leaderboard.html", render_html(rows, _fmt, numbers, png).encode())
     return text
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

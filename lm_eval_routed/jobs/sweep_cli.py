@@ -114,5 +114,5 @@ def main(argv: list[str]) -> int:
         print(f"lm-eval-routed sweep: {err}", file=sys.stderr)
         return 2
     print(board)
-    print(f"leaderboard.md, leaderboard.csv and pareto.png written to {out}/")
+    print(f"leaderboard.md, leaderboard.csv, leaderboard.html and pareto.png written to {out}/")
     return 0
