@@ -1,9 +1,11 @@
 """Train the shipped demo routers, router_ckpts/demo-r2r/ and router_ckpts/demo-citer/, on the demo pair.
 
-Prompts use the routed_demo task's few-shot format (tasks/demo/utils.py) but never its 60 questions:
-the countries and words that make_data.py left out, plus others listed here, so the demo's scores are
-not measured on the routers' training data. Everything runs offline on CPU in a few minutes; every step
-resumes from the work folder. Sizes and optimiser settings are scaled down for a few hundred tokens
+Prompts use both demo tasks' formats (tasks/demo/utils.py) but never their questions: for routed_demo,
+the countries and words that make_data.py left out, plus others listed here; for routed_demo_cot,
+problems from make_cot_data's training seed. So the demo's scores are not measured on the routers'
+training data. Each format is labelled as its task decodes it (a short answer ends at a newline, a
+worked solution at a blank line), and one router is trained on both. Everything runs offline on CPU;
+every step resumes from the work folder. Sizes and optimiser settings are scaled down for a few hundred tokens
 (the paper's lr 5e-5 at batch 1024 would take a step per epoch here); the config.json of each router
 records what was used.
 
@@ -38,6 +40,7 @@ from lm_eval_routed.training.citer import (  # noqa: E402
     split_by_sample,
 )
 from lm_eval_routed.training.common import JsonlLog  # noqa: E402
+from lm_eval_routed.training.r2r_combine import combine_labels  # noqa: E402
 from lm_eval_routed.training.r2r_labels import LabelOptions, build_labels  # noqa: E402
 from lm_eval_routed.training.r2r_train import (  # noqa: E402
     R2RArch,
@@ -162,8 +165,46 @@ def training_rows() -> list[dict]:
     return rows
 
 
-def decode_share(pair, kind: str, ckpt: Path, prompts: list[str]) -> float:
-    """Mean per-sample LLM share of the routed decoder on ``prompts``, decoded as routed_demo does.
+COT_TRAIN = 48  # routed_demo_cot-format problems the routers are trained on
+COT_TARGET = 16  # further ones, decoded to record the share a routed_demo_cot run should land near
+COT_STOP = ("\n\n", "Problem:")  # routed_demo_cot's generation_kwargs
+COT_TOKENS = 128
+
+
+def cot_rows(n: int = COT_TRAIN, skip: int = 0) -> list[dict]:
+    """Prompt, reference and answer for routed_demo_cot-format problems outside its 48."""
+    sys.path.insert(0, str(ROOT / "tasks/demo"))
+    import make_cot_data
+
+    utils = _demo_utils()
+    rows = []
+    for row in make_cot_data.training_rows(skip + n)[skip:]:
+        prompt = utils.cot_doc_to_text(row)
+        opening = prompt.rsplit("\n", 1)[1]  # the prompt ends with the solution's first words
+        rows.append(
+            {
+                "kind": "cot",
+                "prompt": prompt,
+                "reference": row["solution"][len(opening) :] + "\n\n",
+                "answer": row["answer"],
+                "rollout_tokens": COT_TOKENS,
+                "stop": list(COT_STOP),
+            }
+        )
+    return rows
+
+
+def demo_checker(text: str, row: dict) -> bool:
+    """CITER's answer check for either format: the worked result, or the short answer's first line."""
+    if row.get("kind") == "cot":
+        return _demo_utils().extract_answer(text) == int(row["answer"])
+    return first_line_match(text, row)
+
+
+def decode_share(
+    pair, kind: str, ckpt: Path, prompts: list[str], tokens: int = 8, stop: tuple = ("\n",)
+) -> float:
+    """Mean per-sample LLM share of the routed decoder on ``prompts``, decoded as their task does.
 
     A router's validation rate is measured teacher-forced on reference tokens; a run conditions
     later positions on whatever the LLM wrote, so its share differs. This is the share a run on the
@@ -172,25 +213,37 @@ def decode_share(pair, kind: str, ckpt: Path, prompts: list[str]) -> float:
     slm, llm, tok = pair
     cfg = {"router": kind, "router_ckpt": str(ckpt), "cost_slm": "0:0", "cost_llm": "0:0"}
     runtime = build_runtime(load_config({**cfg, "batch_size": 8}), slm=slm, llm=llm, tokenizer=tok)
-    reqs = [  # the task's generation_kwargs: until "\n", max_gen_toks 8, greedy
-        GenRequest(tok(p, add_special_tokens=False)["input_ids"], 8, stop=("\n",)) for p in prompts
+    reqs = [  # the task's generation_kwargs (greedy)
+        GenRequest(tok(p, add_special_tokens=False)["input_ids"], tokens, stop=stop)
+        for p in prompts
     ]
     results = runtime.generate(reqs)
     return sum(r.record.llm_share for r in results) / len(results)
 
 
-def record_target(ckpt: Path, share: float, n_prompts: int) -> dict:
-    """Add the decode-time share on held-out prompts to a checkpoint's config.json."""
+def record_target(ckpt: Path, share: float, n_prompts: int, cot_share: float, n_cot: int) -> dict:
+    """Add the decode-time shares on held-out prompts of both formats to a checkpoint's config.json."""
     path = ckpt / "config.json"
     config = json.loads(path.read_text())
     config["metrics"]["decode_llm_share"] = round(share, 4)
     config["metrics"]["decode_prompts"] = n_prompts
+    config["metrics"]["decode_llm_share_cot"] = round(cot_share, 4)
+    config["metrics"]["decode_prompts_cot"] = n_cot
     config["metrics"]["decode_note"] = (
-        "mean per-sample LLM share when decoding the validation questions' task-format prompts "
-        "(until newline, 8 tokens, greedy): the share a routed_demo run should land near"
+        "mean per-sample LLM share when decoding held-out prompts as each task does (greedy): the "
+        "validation questions' routed_demo prompts (until newline, 8 tokens) and routed_demo_cot "
+        "problems trained on by neither (until a blank line, 128 tokens); a run should land near"
     )
     checkpoint.write_config(ckpt, config)
     return config
+
+
+def record_targets(pair, kind: str, ckpt: Path, prompts: list[str]) -> dict:
+    """Decode held-out prompts of both formats with the trained router; record the shares."""
+    cot = [r["prompt"] for r in cot_rows(COT_TARGET, skip=COT_TRAIN)]
+    share = decode_share(pair, kind, ckpt, prompts)
+    cot_share = decode_share(pair, kind, ckpt, cot, COT_TOKENS, COT_STOP)
+    return record_target(ckpt, share, len(prompts), cot_share, len(cot))
 
 
 def heldout_task_prompts(rows: list[dict], val_ids: list[int]) -> list[str]:
@@ -211,17 +264,24 @@ R2R_LABEL_FIELDS = (
 )
 
 
-def demo_r2r(pair, rows: list[dict], work: Path, out: Path) -> dict:
-    """Label and train router_ckpts/demo-r2r; its label and validation figures."""
+def demo_r2r(pair, rows: list[dict], cot: list[dict], work: Path, out: Path) -> dict:
+    """Label both formats, train router_ckpts/demo-r2r on them; its label and validation figures."""
     slm, llm, tok = pair
     label_opts = LabelOptions(
         max_new_tokens=8, stop=("\n",), cont_tokens=12, batch_size=8, chat=False
     )
-    meta = build_labels(
+    build_labels(
         work / "r2r", slm, llm, tok, [r["prompt"] for r in rows], label_opts, slm_ref="demo:slm"
     )
+    cot_opts = LabelOptions(
+        max_new_tokens=COT_TOKENS, stop=COT_STOP, cont_tokens=12, batch_size=8, chat=False
+    )
+    build_labels(
+        work / "r2r-cot", slm, llm, tok, [r["prompt"] for r in cot], cot_opts, slm_ref="demo:slm"
+    )
+    meta = combine_labels([work / "r2r", work / "r2r-cot"], work / "r2r-both")
     train_r2r(
-        work / "r2r",
+        work / "r2r-both",
         slm,
         out / "demo-r2r",
         R2RArch(width=128, blocks=2, dropout=0.1),
@@ -230,21 +290,20 @@ def demo_r2r(pair, rows: list[dict], work: Path, out: Path) -> dict:
         val_frac=0.25,
         slm_ref="demo:slm",
     )
-    # target: decode the validation questions (task format) with the trained router
-    data, _ = load_dataset(work / "r2r")
+    # target: decode the validation questions (task format) with the trained router; the combined
+    # dataset numbers the short-answer part's responses first, as they were
+    data, _ = load_dataset(work / "r2r-both")
     _, r2r_val = split_by_response(data, 0.25, 0)
-    prompts = heldout_task_prompts(rows, r2r_val["response"].unique().tolist())
-    cfg = record_target(
-        out / "demo-r2r", decode_share(pair, "r2r", out / "demo-r2r", prompts), len(prompts)
-    )
+    val = [i for i in r2r_val["response"].unique().tolist() if i < len(rows)]
+    cfg = record_targets(pair, "r2r", out / "demo-r2r", heldout_task_prompts(rows, val))
     return {
         "r2r_labels": {k: meta[k] for k in R2R_LABEL_FIELDS},
         "r2r": {"threshold": cfg["threshold"], **cfg["metrics"]},
     }
 
 
-def demo_citer(pair, rows: list[dict], work: Path, out: Path) -> dict:
-    """Label and train router_ckpts/demo-citer (two rounds); its label and validation figures."""
+def demo_citer(pair, rows: list[dict], cot: list[dict], work: Path, out: Path) -> dict:
+    """Label both formats, train router_ckpts/demo-citer (two rounds); its label and validation figures."""
     slm, llm, tok = pair
     citer_opts = CiterOptions(
         chat=False,
@@ -260,8 +319,8 @@ def demo_citer(pair, rows: list[dict], work: Path, out: Path) -> dict:
         slm,
         llm,
         tok,
-        rows,
-        first_line_match,
+        rows + cot,  # the short answers first: sample ids below len(rows) are theirs
+        demo_checker,
         citer_opts,
         TrainOptions(lr=1e-3, weight_decay=0.0, batch_size=64, max_epochs=200, patience=20),
         out / "demo-citer",
@@ -273,9 +332,8 @@ def demo_citer(pair, rows: list[dict], work: Path, out: Path) -> dict:
     )
     feats = load_file(work / "citer" / "features.safetensors")
     _, citer_val = split_by_sample(round_labels(feats, book), citer_opts.val_frac, 0)
-    prompts = heldout_task_prompts(rows, citer_val["sample"].unique().tolist())
-    share = decode_share(pair, "citer", out / "demo-citer", prompts)
-    cfg = record_target(out / "demo-citer", share, len(prompts))
+    val = [i for i in citer_val["sample"].unique().tolist() if i < len(rows)]
+    cfg = record_targets(pair, "citer", out / "demo-citer", heldout_task_prompts(rows, val))
     return {
         "citer_labels": cfg["data"],
         "citer": {"threshold": cfg["threshold"], **cfg["metrics"]},
@@ -296,13 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.workdir), Path(args.out)
     llm, tok = demo_pair.load_demo_llm(torch.float32, "cpu")
     slm, _ = demo_pair.load_demo_slm(torch.float32, "cpu")
-    rows = training_rows()
-    logging.info("%d training questions", len(rows))
+    rows, cot = training_rows(), cot_rows()
+    logging.info("%d short-answer and %d worked-solution training questions", len(rows), len(cot))
     summary: dict = {}
     if args.only in (None, "r2r"):
-        summary |= demo_r2r((slm, llm, tok), rows, work, out)
+        summary |= demo_r2r((slm, llm, tok), rows, cot, work, out)
     if args.only in (None, "citer"):
-        summary |= demo_citer((slm, llm, tok), rows, work, out)
+        summary |= demo_citer((slm, llm, tok), rows, cot, work, out)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -120,3 +120,34 @@ def test_citer_rounds_label_train_and_load(tmp_path, pair, tokenizer, monkeypatc
     monkeypatch.setattr(citer, "forward_features", refuse)
     again = run_citer(tmp_path / "w", slm, llm, tokenizer, rows, refuse, opts, topts, out)
     assert again == cfg
+
+
+def test_rollouts_take_a_rows_own_budget_and_stop(tmp_path, tokenizer):
+    """Rows of two formats in one run: each rolls out with its own budget and stop strings."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    class Runtime:
+        def __init__(self):
+            self.tokenizer = tokenizer
+            self.llm = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
+
+        def generate(self, reqs):
+            seen.extend(reqs)
+            return [SimpleNamespace(text=" 7") for _ in reqs]
+
+    rows = [
+        {"prompt": "a", "reference": " x y", "answer": "7"},
+        {"prompt": "b", "reference": " x y", "answer": "7", "rollout_tokens": 99, "stop": ["\n\n"]},
+    ]
+    feats = {  # one both-wrong position per row
+        "ref_token": torch.tensor([5, 5]),
+        "slm_token": torch.tensor([6, 6]),
+        "llm_token": torch.tensor([7, 7]),
+        "sample": torch.tensor([0, 1]),
+        "position": torch.tensor([0, 0]),
+    }
+    opts = CiterOptions(chat=False, rollout_tokens=8, stop=("\n",), batch_size=2)
+    citer.step_rollouts(tmp_path, 0, Runtime(), rows, feats, lambda text, row: True, opts)
+    assert [(r.max_new_tokens, tuple(r.stop)) for r in seen] == [(8, ("\n",)), (99, ("\n\n",))]

@@ -150,7 +150,11 @@ def step_rollouts(
     checker: Checker,
     opts: CiterOptions,
 ) -> JsonlLog:
-    """Round ``k``'s rollout labels: prefix + SLM token, decoded by ``runtime`` to the end, checked."""
+    """Round ``k``'s rollout labels: prefix + SLM token, decoded by ``runtime`` to the end, checked.
+
+    A row may carry its own ``rollout_tokens`` and ``stop`` (rows of several formats in one run);
+    otherwise ``opts``' apply.
+    """
     from lm_eval_routed.core.rows import GenRequest
 
     tok = runtime.tokenizer
@@ -166,7 +170,11 @@ def step_rollouts(
             ref = tok(row[opts.reference_field], add_special_tokens=False)["input_ids"]
             prompt = encode_prompt(tok, row[opts.prompt_field], opts.chat)
             heads.append(tok.decode(ref[:t] + [token], skip_special_tokens=True))
-            reqs.append(GenRequest(prompt + ref[:t] + [token], opts.rollout_tokens, opts.stop))
+            budget, stop = (
+                row.get("rollout_tokens", opts.rollout_tokens),
+                row.get("stop", opts.stop),
+            )
+            reqs.append(GenRequest(prompt + ref[:t] + [token], budget, tuple(stop)))
         live = [i for i, (_, _, token) in enumerate(chunk) if token not in eos]
         texts = list(heads)
         for i, res in zip(live, runtime.generate([reqs[i] for i in live])):
