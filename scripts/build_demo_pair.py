@@ -155,9 +155,7 @@ QA = [
 
 
 COT_PROBLEMS = 160  # worked solutions in routed_demo_cot's format, none of its 48 problems
-COT_WINDOW = (
-    176  # tokens of each worked sequence trained on: its end (the last example, the solution)
-)
+COT_WINDOW = 176  # tokens trained on per worked sequence: its end (last example, solution)
 COT_NEW_TOKENS = 128  # routed_demo_cot's max_gen_toks
 
 
