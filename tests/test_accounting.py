@@ -7,7 +7,7 @@ import pytest
 from lm_eval_routed.accounting import ParamSizes, SampleTally
 from lm_eval_routed.config import ConfigError, load_config
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.jobs.leaderboard import build_rows, to_markdown, write_csv
+from lm_eval_routed.jobs.leaderboard import build_rows, to_csv, to_markdown
 from lm_eval_routed.jobs.sweep import summarize
 
 
@@ -72,8 +72,7 @@ def test_nominal_sizes_reach_records_run_info_and_the_leaderboard(
     assert "activated_params_nominal" not in to_markdown(build_rows([without]))
     table = to_markdown(build_rows([with_nominal, without]))
     assert "| activated_params_charged | activated_params_nominal |" in table
-    write_csv(build_rows([with_nominal, without]), tmp_path / "b.csv")
-    assert "activated_params_nominal" in (tmp_path / "b.csv").read_text().splitlines()[0]
+    assert "activated_params_nominal" in to_csv(build_rows([with_nominal, without])).splitlines()[0]
 
 
 def test_older_records_without_the_nominal_field_summarize():
