@@ -15,6 +15,7 @@ records what was used.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -137,7 +138,9 @@ MORE_OPPOSITES = {
 }
 
 
+@functools.cache
 def _demo_utils():
+    """tasks/demo/utils.py, loaded once (the answer checker calls it per rollout)."""
     spec = importlib.util.spec_from_file_location("demo_utils", ROOT / "tasks/demo/utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 from lm_eval_routed.config import ConfigError
+from lm_eval_routed.jobs.sweep import write_atomic
 
 COLUMNS = (
     "config",
@@ -145,15 +145,8 @@ def write_leaderboard(summaries: list[dict[str, Any]], out: Path, metric: str | 
     png = pareto_png(rows)
     numbers = {label: e.number for label, e in entries(rows).items()}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "leaderboard.md", text.encode())
-    _atomic_write(out / "leaderboard.csv", to_csv(rows).encode())
-    _atomic_write(out / "pareto.png", png)
-    _atomic_write(out / "leaderboard.html", render_html(rows, _fmt, numbers, png).encode())
+    write_atomic(out / "leaderboard.md", text)
+    write_atomic(out / "leaderboard.csv", to_csv(rows))
+    write_atomic(out / "pareto.png", png)
+    write_atomic(out / "leaderboard.html", render_html(rows, _fmt, numbers, png))
     return text
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
