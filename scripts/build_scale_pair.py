@@ -7,10 +7,10 @@ will run, so a 32B-shaped LLM needs no 64 GB of weights on disk. Only speed figu
 
 Pairs (``--pair``):
   cpu       the LLM has Qwen2.5-0.5B's shape (896 wide, 24 layers, 14 query heads over 2 KV heads),
-            the largest of the family's real shapes whose benchmark stays within a few GB here (the
-            1.5B shape held 5.9 GB with its prepacked copies); the SLM is a 2-layer, 256-wide Qwen2
-            whose decode step costs 0.05-0.06 of the LLM's on a 2-core AVX512-BF16 CPU
-            (``--measure``; a smaller SLM saves little more: Python and small ops set its floor)
+            the largest of the family's real shapes whose benchmark stays within a few GB on a 24 GB
+            machine (docs/performance.md); the SLM is a 2-layer, 256-wide Qwen2 whose decode step
+            costs near a twentieth of the LLM's on a CPU with native bf16 units (``--measure``
+            prints the ratio; a smaller SLM saves little more: Python and small ops set its floor)
   r2r-32b   Qwen2.5-1.5B's shape beside Qwen2.5-32B's (R2R's pair, about 0.05), for a GPU
   r2r-14b   Qwen2.5-1.5B's shape beside Qwen2.5-14B's
   rstitch-7b  Qwen2.5-1.5B's shape beside Qwen2.5-7B's (R-Stitch's smallest pair)

@@ -106,7 +106,8 @@ class RoutedLM(TemplateLM):
 
         lm-eval passes its ``--batch_size``, ``--max_batch_size`` and ``--device`` as keyword arguments
         beside model_args, which may name ``batch_size`` and ``device`` too; merged into one call,
-        the same name twice was a TypeError. model_args travel apart, and a key they set wins.
+        the same name twice would raise a TypeError, so model_args travel apart and a key they set
+        wins.
         """
         flags = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls(model_args=dict(arg_dict), **flags)
