@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import operator
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs.diff import ACCOUNTING, Comparison, Listing, TaskDiff, compare
+from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.jobs.readers import read_run
 from lm_eval_routed.jobs.report import Format, number, render
 from lm_eval_routed.jobs.runs import Run
@@ -77,22 +76,6 @@ def failures(comparisons: list[Comparison], checks: list[tuple[str, str, float]]
                         f"{name} = {number(value)}"
                     )
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_runs(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import re
 import statistics
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from lm_eval_routed.accounting import bare, records_by_sample
 from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
+from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
 
 if TYPE_CHECKING:
@@ -240,24 +240,6 @@ def _run_cell(
     }
     # the summary is written last: its presence marks the cell as done
     write_atomic(cell_path(out, cell), json.dumps(summary, indent=2, default=str))
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write ``content`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: a reader (or a run resumed after a kill) sees the old file or the new, never half.
-    What a writer killed before its rename left beside ``path`` is removed."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = content.encode() if isinstance(content, str) else content
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def drop_records(path: Path, cell: str) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from lm_eval_routed.config import ConfigError
 from lm_eval_routed.jobs.diff import check_same_prompts, diverge
-from lm_eval_routed.jobs.diff_cli import read_runs, write_atomic
+from lm_eval_routed.jobs.diff_cli import read_runs
+from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.jobs.runs import Doc, Generation, Run, doc_order
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
