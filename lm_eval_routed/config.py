@@ -7,6 +7,7 @@ ends here, is validated once, and fails with one line naming the key and what it
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import math
@@ -30,48 +31,181 @@ class ConfigError(ValueError):
     """A user-facing configuration mistake; its message is one line that says how to fix it."""
 
 
+class Affects(enum.Flag):
+    """What changing a setting changes. The sets below, the sweep's and the docs' table
+    (docs/configuration.md) are read from each field's own declaration."""
+
+    OUTPUT = enum.auto()  # what a run generates, scores or records: it names a run
+    SPEED = enum.auto()  # how fast the run goes
+    LOADING = enum.auto()  # which weights are loaded, and where
+    LOGGING = enum.auto()  # what is logged beside the results, and where
+
+
+def setting(default: Any, affects: Affects, doc: str, shown: str | None = None) -> Any:
+    """A RoutedConfig field that describes itself: what it ``affects``, its one-line ``doc`` and
+    the default as the docs ``shown`` it (where the value alone would mislead, e.g. None)."""
+    return field(default=default, metadata={"affects": affects, "doc": doc, "shown": shown})
+
+
+_O, _S, _L, _LOG = Affects.OUTPUT, Affects.SPEED, Affects.LOADING, Affects.LOGGING
+
+
 @dataclass(frozen=True)
 class RoutedConfig:
-    """Everything a routed run needs. Field docs are the README's model_args table."""
+    """Everything a routed run needs; each field's doc is its row in docs/configuration.md."""
 
-    slm: str = "demo:slm"
-    llm: str = "demo:llm"
-    router: str = "slm-only"
-    threshold: float | None = None  # router's own default when None
-    p: float = 0.1  # random router: LLM rate
-    router_ckpt: str | None = None
-    gamma: int = 4  # speculative: draft length
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
-    slm_dtype: str | None = None  # the SLM's own dtype; None = dtype
-    device: str = "auto"  # auto: cuda if available else cpu
-    batch_size: int = 1
-    max_length: int | None = None  # prompt + generation budget; default: the LLM's context size
-    max_gen_toks: int = 256
-    llm_min_batch: int = 0  # LLM forward once this many rows wait; 0 = from the costs (schedule.py)
-    guess_ahead: int = 0  # per-token, greedy: tokens a routed row decodes on the SLM's guess
-    llm_lookahead: bool = True  # rows still decoding ride along in LLM forwards (decoder.py)
-    prepack: bool = True  # CPU: linear layers on prepacked oneDNN weights (faster decode steps)
-    engine: str = "auto"  # auto: native where the model is covered and agrees with hf; native; hf
-    llm_device_map: str | None = None  # the LLM over devices (placement.py); None: whole on device
-    max_memory: str | None = None  # llm_device_map: bytes per device, e.g. 0:20GiB;cpu:64GiB
-    offload_folder: str | None = None  # llm_device_map: where modules mapped to disk are kept
-    schedule: str = (
-        "pause"  # pause: only waiting rows pause; lockstep: every row waits (comparison)
+    slm: str = setting(
+        "demo:slm",
+        _O | _L,
+        "hub id, local folder, or `path/to/file.gguf`; both models must share one vocabulary. "
+        "`random:DIR`: the model DIR's config describes, with random weights (speed measurements)",
     )
-    seed: int = 1234
-    cost_slm: tuple[float, float] | None = (
-        None  # (fixed s per forward, s per token); None = measure
+    llm: str = setting("demo:llm", _O | _L, "the large model, in the forms `slm` takes")
+    router: str = setting(
+        "slm-only", _O, "who decides which model writes each token (the README's router table)"
     )
-    cost_llm: tuple[float, float] | None = None
-    cost_router: float | None = None  # s per router call; None = measure
-    params_slm_nominal: float | None = (
-        None  # a paper's quoted model size (activated_params_nominal)
+    threshold: float | None = setting(
+        None,
+        _O,
+        "the router's threshold; units differ per router (`entropy`: normalized H/log V; "
+        "`entropy-token`: nats; `r2r`, `citer`: a probability)",
+        shown="router's own",
     )
-    params_llm_nominal: float | None = None
-    accounting_path: str | None = None  # per-sample JSONL; default: next to lm-eval's sample logs
-    record_tokens: bool = True  # records carry each token's place in the text (token_offsets)
-    trust_remote_code: bool = False
-    name: str | None = None  # label used in leaderboards; default built from router + threshold
+    p: float = setting(0.1, _O, "`random`: the LLM rate")
+    router_ckpt: str | None = setting(
+        None,
+        _O,
+        "`r2r`/`citer`: a `router_ckpts/<name>/` folder (safetensors + JSON), R2R's official `.pt` "
+        "dict, or CITER's `mlp_iter_*.pth` state dict",
+    )
+    gamma: int = setting(4, _O, "`speculative`: draft length")
+    dtype: str = setting(
+        "auto",
+        _O | _S | _L,
+        "`auto` (float32 on CPU, bfloat16 on GPU), `float32`, `bfloat16`, `float16`",
+    )
+    slm_dtype: str | None = setting(
+        None,
+        _O | _S | _L,
+        "the SLM's own dtype, for a cheaper SLM beside an LLM at full precision; in bf16 greedy "
+        "outputs can depend on the batch size where two tokens nearly tie",
+        shown="`dtype`",
+    )
+    device: str = setting(
+        "auto",
+        _S | _L,
+        "`auto` (cuda if available, else cpu), `cpu`, `cuda[:N]`, `mps`: where the SLM runs, and "
+        "the LLM unless `llm_device_map` places it",
+    )
+    batch_size: int = setting(
+        1,
+        _S,
+        "rows decoded at once (finished rows take the next request); set here, it wins over "
+        "lm-eval's `--batch_size`",
+        shown="lm-eval's `--batch_size`",
+    )
+    max_length: int | None = setting(
+        None,
+        _O,
+        "prompt + generation budget (at least 2); longer prompts are cut from the left with a warning",
+        shown="the LLM's context size",
+    )
+    max_gen_toks: int = setting(256, _O, "new-token budget when a task sets none")
+    llm_min_batch: int = setting(
+        0,
+        _S,
+        "the LLM runs once this many rows wait for it, or when every row waits; 0: when the cost "
+        "model says waiting longer gains tokens more slowly (`core/schedule.py`)",
+    )
+    guess_ahead: int = setting(
+        0,
+        _S,
+        "per-token routers, greedy rows: a routed row decodes up to this many tokens on the SLM's "
+        "guess until the LLM checks it (outputs do not change); 0 is off",
+    )
+    llm_lookahead: bool = setting(
+        True,
+        _S,
+        "per-token and stitch routers: rows still decoding ride along in each LLM forward and take "
+        "its token for their next position when it is routed (outputs do not change)",
+    )
+    prepack: bool = setting(
+        True,
+        _S,
+        "CPU only: the engines run linear layers on weights reordered for oneDNN (a second copy of "
+        "the linear weights in RAM); the models stay as loaded",
+    )
+    engine: str = setting(
+        "auto",
+        _O | _S,
+        "`native` (one loop over Llama/Mistral/Qwen2/Qwen3 weights), `hf` (Hugging Face's modules), "
+        "`auto`: native where it covers the model and agrees with hf on a probe forward",
+    )
+    llm_device_map: str | None = setting(
+        None,
+        _S | _L,
+        "the LLM over several devices with accelerate: `auto`, `balanced`, `balanced_low_0`, "
+        "`sequential`, one device, or a module map (`model.layers.0:0;...;lm_head:cpu`, JSON, or a "
+        "`.json` file)",
+    )
+    max_memory: str | None = setting(
+        None,
+        _S | _L,
+        "with `llm_device_map`: bytes each device may hold, `0:20GiB;1:20GiB;cpu:64GiB`",
+        shown="free memory less 10% of each GPU",
+    )
+    offload_folder: str | None = setting(
+        None, _S | _L, "with `llm_device_map`: lets modules go to `disk`, kept in this folder"
+    )
+    schedule: str = setting(
+        "pause",
+        _O | _S,
+        "`pause`: only rows that need the LLM wait; `lockstep`: every row waits whenever one needs "
+        "it (for comparison)",
+    )
+    seed: int = setting(
+        1234,
+        _O,
+        "per-sample seeds derive from it, so sampling and random routing do not depend on "
+        "batching; set here or in a config file, it wins over lm-eval's `--seed`",
+        shown="lm-eval's torch seed (1234)",
+    )
+    cost_slm: tuple[float, float] | None = setting(
+        None,
+        _O | _S,
+        "`fixed_s:per_token_s` of one SLM forward, for modeled latency and the default schedule",
+        shown="measured at start-up",
+    )
+    cost_llm: tuple[float, float] | None = setting(
+        None, _O | _S, "the same for the LLM", shown="measured at start-up"
+    )
+    cost_router: float | None = setting(
+        None, _O, "seconds per router call (modeled latency)", shown="measured at start-up"
+    )
+    params_slm_nominal: float | None = setting(
+        None,
+        _O,
+        "the SLM size a paper quotes (e.g. `1.5e9`; with `params_llm_nominal`): records then also "
+        "carry `activated_params_nominal`",
+    )
+    params_llm_nominal: float | None = setting(
+        None, _O, "the LLM size a paper quotes (e.g. `32e9`; with `params_slm_nominal`)"
+    )
+    accounting_path: str | None = setting(
+        None, _LOG, "also append every record to this JSONL as it is produced"
+    )
+    record_tokens: bool = setting(
+        True, _LOG, "records carry `token_offsets`, each generated token's place in the response"
+    )
+    trust_remote_code: bool = setting(
+        False, _O | _L, "let transformers run code shipped with a hub model (both models)"
+    )
+    name: str | None = setting(
+        None,
+        _O,
+        "the label in leaderboards and a sweep's folder for the configuration",
+        shown="built from the router and its knob",
+    )
     extra: dict[str, Any] = field(default_factory=dict)  # router-specific keys kept verbatim
 
     def __post_init__(self) -> None:
@@ -323,23 +457,19 @@ def parse_arg_string(text: str) -> dict[str, str]:
     return out
 
 
-# Settings that change how fast a run goes, not what it writes: a resumed run may differ in them, and
-# they do not name a run.
-RUN_ONLY_KEYS = frozenset(
-    {
-        "batch_size",
-        "llm_min_batch",
-        "guess_ahead",
-        "llm_lookahead",
-        "prepack",
-        "device",
-        "llm_device_map",
-        "max_memory",
-        "offload_folder",
-        "accounting_path",
-        "record_tokens",
-    }
-)
+def effects() -> dict[str, Affects]:
+    """What each setting affects, as its field declares it, in declaration order."""
+    return {f.name: f.metadata["affects"] for f in fields(RoutedConfig) if f.metadata}
+
+
+def keys_affecting(affects: Affects) -> tuple[str, ...]:
+    """The settings whose declaration says they change any of ``affects``."""
+    return tuple(key for key, declared in effects().items() if declared & affects)
+
+
+# Settings that leave what a run writes unchanged: a resumed run may differ in them, and they do
+# not name a run.
+RUN_ONLY_KEYS = frozenset(_FIELDS) - set(keys_affecting(Affects.OUTPUT))
 
 
 def given_keys(args: dict[str, Any]) -> set[str]:

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lm_eval_routed.accounting import bare, records_by_sample
-from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
+from lm_eval_routed.config import (
+    Affects,
+    ConfigError,
+    RoutedConfig,
+    effects,
+    keys_affecting,
+    load_config,
+)
 from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
 
@@ -179,18 +186,14 @@ def check_labels(cfgs: list[RoutedConfig]) -> None:
             )
 
 
-# config keys that decide which weights a runtime holds: cells that agree on them share one load
 # what loading a pair depends on: configurations that agree on these share the loaded weights
-_LOAD_KEYS = (
-    "slm",
-    "llm",
-    "dtype",
-    "slm_dtype",
-    "device",
-    "trust_remote_code",
-    "llm_device_map",
-    "max_memory",
-    "offload_folder",
+_LOAD_KEYS = keys_affecting(Affects.LOADING)
+# what a cell records of its configuration and compares on resume: what changes its scores, and
+# what changes its speed on the machine it ran on (where the weights were placed is in its run info)
+_CELL_KEYS = tuple(
+    key
+    for key, affects in effects().items()
+    if Affects.OUTPUT in affects or (Affects.SPEED in affects and Affects.LOADING not in affects)
 )
 
 
@@ -303,10 +306,5 @@ def summarize(records: list[dict]) -> dict[str, float | None]:
 
 
 def _config_dict(cfg: RoutedConfig) -> dict[str, Any]:
-    keys = (
-        *("slm", "llm", "router", "threshold", "p", "router_ckpt", "gamma", "batch_size", "seed"),
-        *("dtype", "slm_dtype", "llm_min_batch", "guess_ahead", "llm_lookahead", "schedule"),
-        *("prepack", "engine"),  # the kernels a cell's latency was measured on
-        *("params_slm_nominal", "params_llm_nominal"),
-    )
-    return {k: getattr(cfg, k) for k in keys}
+    """The cell's settings as its summary stores them (JSON's types: a cost pair is a list)."""
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in _CELL_KEYS}))
