@@ -316,16 +316,3 @@ def test_rolling_loglikelihood_equals_hf_under_prepack(workspace):
     got = [s["resps"][0][0] for s in ours["samples"]["tiny_rolling"]]
     want = [s["resps"][0][0] for s in theirs["samples"]["tiny_rolling"]]
     assert got == want  # bit for bit
-
-
-# -- 8. the README documents every key model_args accepts -----------------------------------------
-
-
-def test_readme_documents_every_model_arg():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("### model_args", 1)[1].split("\n\n", 2)[1]
-    documented = set()
-    for row in table.splitlines()[2:]:
-        documented |= set(re.findall(r"`([a-z_]+)`", row.split("|")[1]))
-    accepted = {f for f in RoutedConfig.__dataclass_fields__ if f != "extra"}
-    assert accepted | {"config"} <= documented
