@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.placement_keys import check_keys
+
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("pause", "lockstep")
@@ -25,10 +28,6 @@ ENGINES = ("auto", "native", "hf")
 DEVICE_FORM = re.compile(r"(cpu|mps|cuda)(:\d+)?")
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; its message is one line that says how to fix it."""
 
 
 class Affects(enum.Flag):
@@ -237,8 +236,6 @@ class RoutedConfig:
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
         _check_nominal(self.params_slm_nominal, self.params_llm_nominal)
-        from lm_eval_routed.placement_keys import check_keys  # imports this module
-
         check_keys(self.llm_device_map, self.max_memory, self.offload_folder)
         if self.device != "auto" and not DEVICE_FORM.fullmatch(self.device):
             raise ConfigError(

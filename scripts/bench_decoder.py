@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lm_eval_routed.config import ENGINES, ConfigError, load_config
+from lm_eval_routed.config import ENGINES, load_config
 from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import round_up
-from lm_eval_routed.core.engine import shared_weights_copy
+from lm_eval_routed.core.engine import cache_kwarg, shared_weights_copy
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.models import cache_kwarg
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.runtime import RoutedRuntime, build_runtime, with_costs
 
 PROMPTS = [
     "Write a short story about a robot who learns to paint.",

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lm_eval_routed import demo_pair
-from lm_eval_routed.models import count_params
+from lm_eval_routed.loading import demo_pair
+from lm_eval_routed.loading.models import count_params
 
 WORK = Path("build/demo_pair")
 FINGERPRINT_PROMPT = "Q: What is the capital of France?\nA:"

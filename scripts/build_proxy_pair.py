@@ -21,7 +21,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lm_eval_routed.demo_pair import gguf_path
+from lm_eval_routed.loading.demo_pair import gguf_path
 
 LAYERS = {"slm": 4, "llm": 30}  # the demo student's and the demo LLM's depth
 

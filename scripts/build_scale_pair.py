@@ -33,8 +33,8 @@ import torch
 import yaml
 from transformers import AutoTokenizer, DynamicCache, Qwen2Config
 
-from lm_eval_routed.demo_pair import gguf_path
-from lm_eval_routed.models import load_model
+from lm_eval_routed.loading.demo_pair import gguf_path
+from lm_eval_routed.loading.models import load_model
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.config import load_config
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.placement import empty_model
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.placement import empty_model
+from lm_eval_routed.loading.runtime import RoutedRuntime, build_runtime
 
 PROMPTS = [
     "Explain why the sky is blue.",
@@ -38,7 +39,7 @@ def split_map(cfg_args: dict, first: int, to: str) -> str:
     """``--split``: decoder layers ``first`` and up on ``to``; everything else on the run's device."""
     from transformers import AutoConfig
 
-    from lm_eval_routed.models import load_model
+    from lm_eval_routed.loading.models import load_model
 
     llm = load_config(cfg_args).llm
     if llm.startswith("demo:"):  # built in memory from the package: its config comes with it

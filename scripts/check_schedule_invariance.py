@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's prom
 from bench_decoder import requests  # noqa: E402
 
 from lm_eval_routed.config import ENGINES, load_config  # noqa: E402
-from lm_eval_routed.runtime import build_runtime, with_costs  # noqa: E402
+from lm_eval_routed.loading.runtime import build_runtime, with_costs  # noqa: E402
 
 POLICIES = {
     "llm-only": {"router": "llm-only"},

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_routed.accounting import CostModel, ParamSizes
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.config import load_config
+from lm_eval_routed.core.accounting import CostModel, ParamSizes
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import ForwardOut
 from lm_eval_routed.core.rows import GenRequest
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers.static import Random
 
 EOS = 1

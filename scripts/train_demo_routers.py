@@ -28,11 +28,11 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lm_eval_routed import demo_pair  # noqa: E402
 from lm_eval_routed.config import load_config  # noqa: E402
 from lm_eval_routed.core.rows import GenRequest  # noqa: E402
+from lm_eval_routed.loading import demo_pair  # noqa: E402
+from lm_eval_routed.loading.runtime import build_runtime  # noqa: E402
 from lm_eval_routed.routers import checkpoint  # noqa: E402
-from lm_eval_routed.runtime import build_runtime  # noqa: E402
 from lm_eval_routed.training.citer import (  # noqa: E402
     CiterOptions,
     first_line_match,

@@ -7,7 +7,7 @@ import torch
 from helpers import char_tokenizer, tiny_llama
 
 from lm_eval_routed.config import load_config
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.loading.runtime import build_runtime
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_routed.accounting import ParamSizes, SampleTally
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.config import load_config
+from lm_eval_routed.core.accounting import ParamSizes, SampleTally
 from lm_eval_routed.core.rows import GenRequest
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.leaderboard import build_rows, to_csv, to_markdown
 from lm_eval_routed.jobs.sweep import summarize
 

@@ -14,9 +14,10 @@ import torch
 from helpers import char_tokenizer, tiny_llama, write_workspace
 from lm_eval.api.instance import Instance
 
-from lm_eval_routed import runtime
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import ConfigError, RoutedConfig, load_config
+from lm_eval_routed.config import RoutedConfig, load_config
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading import runtime
 from lm_eval_routed.paths import router_ckpts_dir
 
 
@@ -200,7 +201,7 @@ def test_threshold_ranges_are_refused_before_loading(no_loading, args, needle):
 
 
 def test_a_cuda_device_that_is_not_there():
-    from lm_eval_routed.models import resolve_device
+    from lm_eval_routed.loading.models import resolve_device
 
     with pytest.raises(ConfigError) as err:
         resolve_device("cuda:99")
@@ -352,7 +353,7 @@ def test_a_damaged_model_folder_is_refused_before_any_weight_loads(
 
 
 def test_a_damaged_model_file_loaded_directly_is_one_line(workspace, tmp_path):
-    from lm_eval_routed.models import load_model
+    from lm_eval_routed.loading.models import load_model
 
     bad = tmp_path / "m"
     shutil.copytree(workspace / "slm", bad)
@@ -366,7 +367,7 @@ def test_a_damaged_model_file_loaded_directly_is_one_line(workspace, tmp_path):
     "content", [b"GGUF\x03\x00\x00\x00cut short", b"not a gguf file at all, just text" * 4]
 )
 def test_a_damaged_gguf_file_is_one_line(tmp_path, content):
-    from lm_eval_routed.models import load_model
+    from lm_eval_routed.loading.models import load_model
 
     (tmp_path / "m.gguf").write_bytes(content)
     with pytest.raises(ConfigError) as err:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lm_eval_routed.config import load_config
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.loading.runtime import build_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = "random r=0.15"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_routed.config import ConfigError, load_config, parse_arg_string, preset_names
+from lm_eval_routed.config import load_config, parse_arg_string, preset_names
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers.base import make_router
 
 
@@ -65,7 +66,7 @@ def test_arg_string_form():
     ],
 )
 def test_router_mistakes_fail_before_models_load(monkeypatch, args, needle):
-    from lm_eval_routed import runtime
+    from lm_eval_routed.loading import runtime
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the router was checked")

@@ -8,7 +8,7 @@ import torch
 from lm_eval_routed.config import load_config
 from lm_eval_routed.core import guesses
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.loading.runtime import build_runtime
 
 PROMPTS = [
     "The cat sat",

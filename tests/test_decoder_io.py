@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import char_tokenizer, tiny_llama
 
-from lm_eval_routed.config import ConfigError
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.models import check_same_vocab
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.models import check_same_vocab
 
 
 def test_stop_string_across_token_boundaries(make_runtime, tokenizer):

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from lm_eval_routed.accounting import Model
+from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.core.counters import RunCounters
 from lm_eval_routed.core.guesses import Guessing
 from lm_eval_routed.core.outcome import Outcome, RowFacts, outcome

@@ -129,7 +129,7 @@ def test_lm_eval_loads_the_task_and_scores_through_its_yaml():
     ],
 )
 def test_a_bad_row_is_one_line_naming_its_field(tmp_path, line, named):
-    from lm_eval_routed.config import ConfigError
+    from lm_eval_routed.errors import ConfigError
     from lm_eval_routed.evals.task_data import load_jsonl
 
     path = tmp_path / "demo_cot.jsonl"

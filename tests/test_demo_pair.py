@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_eval_routed import demo_pair
+from lm_eval_routed.loading import demo_pair
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from helpers import tiny_llama
 
 from lm_eval_routed.config import load_config
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.loading.runtime import build_runtime
 
 COSTS = {"cost_slm": "0.001:0.0001", "cost_llm": "0.01:0.001"}
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import write_workspace
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs import sweep
 from lm_eval_routed.jobs.leaderboard import build_rows, primary_metric, write_leaderboard
 

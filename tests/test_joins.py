@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lm_eval_routed.accounting import records_by_sample
+from lm_eval_routed.adapters.joins import records_by_sample
 from lm_eval_routed.jobs import sweep
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from lm_eval_routed.accounting import bare
+from lm_eval_routed.adapters.joins import bare
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import load_config
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.loading.runtime import build_runtime
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from lm_eval.tasks import TaskManager
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import RoutedConfig, load_config
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.loading.runtime import build_runtime
 
 ROLLING_TASK = """\
 task: tiny_rolling

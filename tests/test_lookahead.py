@@ -80,7 +80,7 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
 ):
     """With chance r a ride saves one row of an LLM forward (fixed cost / rows per forward); the
     tokens it feeds are wasted if no later position of the row is routed, chance (1 - r) ** left."""
-    from lm_eval_routed.accounting import Model
+    from lm_eval_routed.core.accounting import Model
     from lm_eval_routed.core.rows import Row
 
     def row_with(left: int, unseen: int) -> Row:

@@ -23,13 +23,14 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.config import load_config
 from lm_eval_routed.core import native
 from lm_eval_routed.core.cpu_linear import holds_packed
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import NativeEngine, checked_engine, unsupported
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import make_engine
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.runtime import make_engine
 
 SIZES = dict(
     vocab_size=98,
@@ -155,7 +156,7 @@ def test_other_architectures_run_on_hf(caplog):
     cfg = GemmaConfig(**{**SIZES, "head_dim": 16})
     model = GemmaForCausalLM(cfg).eval()
     assert "GemmaDecoderLayer is not a decoder layer of" in unsupported(model)
-    with caplog.at_level(logging.INFO, logger="lm_eval_routed.runtime"):
+    with caplog.at_level(logging.INFO, logger="lm_eval_routed.loading.runtime"):
         assert make_engine(model, 98).kind == "hf"
     assert "runs on the hf engine" in caplog.text
     with pytest.raises(ConfigError, match="engine=native cannot run GemmaForCausalLM"):
@@ -169,7 +170,7 @@ def test_a_disagreeing_native_forward_is_not_used(monkeypatch, caplog):
     monkeypatch.setattr(native, "rms_norm", lambda x, norm: real(x, norm) * 1.001)
     engine, reason = checked_engine(model, 98, HFEngine(model, 98))
     assert engine is None and reason.startswith("logits differ by up to")
-    with caplog.at_level(logging.WARNING, logger="lm_eval_routed.runtime"):
+    with caplog.at_level(logging.WARNING, logger="lm_eval_routed.loading.runtime"):
         assert make_engine(model, 98).kind == "hf"
     assert "native engine disagrees" in caplog.text
     with pytest.raises(ConfigError, match="engine=native cannot run LlamaForCausalLM: logits"):

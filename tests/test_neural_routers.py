@@ -8,8 +8,8 @@ import collections
 import pytest
 import torch
 
-from lm_eval_routed.config import ConfigError
 from lm_eval_routed.core.rows import GenRequest
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.citer import CiterNet
 from lm_eval_routed.routers.r2r import R2RNet

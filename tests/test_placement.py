@@ -13,13 +13,14 @@ from accelerate import dispatch_model
 from helpers import char_tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from lm_eval_routed import placement, placement_keys
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.config import load_config
 from lm_eval_routed.core import native
 from lm_eval_routed.core.engine import HFEngine, execution_device
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.placement_keys import PlacementRequest
-from lm_eval_routed.runtime import build_runtime, make_engine
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading import placement, placement_keys
+from lm_eval_routed.loading.placement_keys import PlacementRequest
+from lm_eval_routed.loading.runtime import build_runtime, make_engine
 
 PROMPTS = ["hello there", "abc", "x y z w", "0+0="]
 
@@ -211,7 +212,7 @@ def test_llm_split_between_cpu_and_disk_decodes_token_for_token(pair_dir, tmp_pa
         "model.norm": "cpu",
         "lm_head": "disk",
     }
-    with caplog.at_level(logging.INFO, logger="lm_eval_routed.runtime"):
+    with caplog.at_level(logging.INFO, logger="lm_eval_routed.loading.runtime"):
         split = build_runtime(
             _config(
                 pair_dir,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.training.common import load_shards, save_shard
 from lm_eval_routed.training.r2r_combine import combine_labels
 from lm_eval_routed.training.r2r_train import load_dataset, split_by_response

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.core.accounting import CostModel
 from lm_eval_routed.core.rows import GenRequest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals import cgroups, sandbox
 from lm_eval_routed.evals.livecodebench import evaluate_code
 from lm_eval_routed.evals.sandbox import Limits, run_sandboxed

@@ -15,11 +15,12 @@ import yaml
 from helpers import char_tokenizer
 from transformers import AutoConfig
 
-from lm_eval_routed import placement, placement_keys
-from lm_eval_routed.config import ConfigError, load_config
-from lm_eval_routed.models import load_model
-from lm_eval_routed.placement_keys import PlacementRequest
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.config import load_config
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading import placement, placement_keys
+from lm_eval_routed.loading.models import load_model
+from lm_eval_routed.loading.placement_keys import PlacementRequest
+from lm_eval_routed.loading.runtime import build_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30

@@ -6,9 +6,10 @@ import pytest
 import torch
 from helpers import write_workspace
 
-from lm_eval_routed.config import ConfigError, load_config
+from lm_eval_routed.config import load_config
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.runtime import build_runtime
 
 
 @pytest.fixture(scope="module")

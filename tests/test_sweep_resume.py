@@ -18,7 +18,7 @@ import pytest
 import yaml
 from helpers import write_workspace
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs import sweep
 from lm_eval_routed.jobs.leaderboard import build_rows, to_markdown
 

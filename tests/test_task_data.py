@@ -12,7 +12,7 @@ import zlib
 
 import pytest
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals.task_data import load_jsonl
 from lm_eval_routed.paths import tasks_dir
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lm_eval_routed import cli
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.offsets import token_offsets
+from lm_eval_routed.loading.offsets import token_offsets
 
 
 class Page(HTMLParser):

@@ -26,15 +26,10 @@ import jsonlines
 from evalplus.provider.base import DecoderBase
 from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make_raw_chat_prompt
 
-from lm_eval_routed.config import (
-    RUN_ONLY_KEYS,
-    ConfigError,
-    RoutedConfig,
-    load_config,
-    parse_arg_string,
-)
+from lm_eval_routed.config import RUN_ONLY_KEYS, RoutedConfig, load_config, parse_arg_string
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import build_runtime, sample_seed
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.runtime import build_runtime, sample_seed
 
 
 class RoutedDecoder(DecoderBase):

@@ -29,12 +29,18 @@ from lm_eval.utils import (
 )
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import ParamSizes, SampleTally
 from lm_eval_routed.adapters import lm_eval_records as recs
 from lm_eval_routed.adapters import plugin
-from lm_eval_routed.config import RUN_ONLY_KEYS, ConfigError, given_keys, load_config
+from lm_eval_routed.config import RUN_ONLY_KEYS, given_keys, load_config
+from lm_eval_routed.core.accounting import ParamSizes, SampleTally
 from lm_eval_routed.core.rows import GenRequest
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime, check_gen_kwargs, sample_seed
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.runtime import (
+    RoutedRuntime,
+    build_runtime,
+    check_gen_kwargs,
+    sample_seed,
+)
 
 log = logging.getLogger(__name__)
 

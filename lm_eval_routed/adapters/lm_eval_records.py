@@ -21,7 +21,7 @@ import jsonlines
 from lm_eval.api.model import hash_args
 from lm_eval.utils import hash_string
 
-from lm_eval_routed.accounting import bare, records_by_sample
+from lm_eval_routed.adapters.joins import bare, records_by_sample
 
 # key prefix of our entries in lm-eval's cache (its own keys are bare sha256 digests)
 CACHE_PREFIX = "routed-records:"

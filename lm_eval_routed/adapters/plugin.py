@@ -195,7 +195,7 @@ def one_line_config_errors(run: Callable) -> Callable:
 
     @functools.wraps(run)
     def wrapped(*args, **kwargs):
-        from lm_eval_routed.config import ConfigError
+        from lm_eval_routed.errors import ConfigError
 
         try:
             return run(*args, **kwargs)

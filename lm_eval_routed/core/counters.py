@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from lm_eval_routed.accounting import Model
+from lm_eval_routed.core.accounting import Model
 
 
 class TracedForward(NamedTuple):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import CostModel, Model, ParamSizes
+from lm_eval_routed.core.accounting import CostModel, Model, ParamSizes
 from lm_eval_routed.core.cache import RowKVCache
 from lm_eval_routed.core.counters import RunCounters, TracedForward
 from lm_eval_routed.core.drafts import Drafting

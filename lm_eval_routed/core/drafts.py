@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lm_eval_routed.accounting import Model
+from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.core.rows import Row
 from lm_eval_routed.core.sampling import accept_drafts
 

@@ -22,6 +22,7 @@ independent of which rows share the forward.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import weakref
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ from transformers import AttentionInterface
 
 from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
-from lm_eval_routed.models import cache_kwarg
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +243,10 @@ class HFEngine:
         logits = self.head(hidden)[:n]
         logits = logits if whole_head else logits[:, : self.vocab_size]
         return logits.to(self.output_device).float()
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers >= 5.24, which
+    deprecates the old name) or ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

@@ -11,7 +11,7 @@ guesses checked so far (and of the SLM tokens that waiting rows dropped) matched
 
 from __future__ import annotations
 
-from lm_eval_routed.accounting import Model
+from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.core.counters import RunCounters
 from lm_eval_routed.core.rows import Row
 

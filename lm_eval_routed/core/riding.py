@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import CostModel, Model
+from lm_eval_routed.core.accounting import CostModel, Model
 from lm_eval_routed.core.counters import RunCounters
 from lm_eval_routed.core.rows import Prediction, Row
 

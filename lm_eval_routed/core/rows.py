@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lm_eval_routed.accounting import Model, ParamSizes, SampleRecord, SampleTally
+from lm_eval_routed.core.accounting import Model, ParamSizes, SampleRecord, SampleTally
 
 
 @dataclass(frozen=True)

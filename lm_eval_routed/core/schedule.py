@@ -34,7 +34,7 @@ no rule changes a sample's tokens, only when they are computed.
 
 from __future__ import annotations
 
-from lm_eval_routed.accounting import CostModel
+from lm_eval_routed.core.accounting import CostModel
 from lm_eval_routed.core.rows import Row
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals import capture, cgroups
 from lm_eval_routed.evals import isolation as launcher
 from lm_eval_routed.evals.rootfs import mount_plan, program_python

@@ -17,7 +17,7 @@ from typing import Any
 
 import datasets
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 
 ENV = "ROUTED_TASKS_DATA"
 

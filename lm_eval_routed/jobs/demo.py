@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.leaderboard import write_leaderboard
 from lm_eval_routed.jobs.sweep import run_sweep
 from lm_eval_routed.jobs.sweep_cli import job_logging, positive_int

@@ -17,7 +17,7 @@ from enum import Enum
 
 import numpy as np
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.runs import Doc, DocId, Generation, Run, TaskRun, doc_order
 from lm_eval_routed.jobs.stats import (
     RESAMPLES,

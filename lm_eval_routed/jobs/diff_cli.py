@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.diff import ACCOUNTING, Comparison, Listing, TaskDiff, compare
 from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.jobs.readers import read_run

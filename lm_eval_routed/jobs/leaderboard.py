@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.files import write_atomic
 
 COLUMNS = (

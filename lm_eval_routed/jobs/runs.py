@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 
 DocId = int | str
 

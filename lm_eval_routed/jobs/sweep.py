@@ -24,17 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lm_eval_routed.accounting import bare, records_by_sample
-from lm_eval_routed.config import (
-    Affects,
-    ConfigError,
-    RoutedConfig,
-    effects,
-    keys_affecting,
-    load_config,
-)
+from lm_eval_routed.adapters.joins import bare, records_by_sample
+from lm_eval_routed.config import Affects, RoutedConfig, effects, keys_affecting, load_config
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.files import write_atomic
-from lm_eval_routed.runtime import RoutedRuntime, build_runtime, with_costs
+from lm_eval_routed.loading.runtime import RoutedRuntime, build_runtime, with_costs
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager

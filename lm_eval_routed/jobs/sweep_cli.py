@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 
 _KEYS = {"base", "configs", "tasks", "include_path", "metric"}
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.diff import check_same_prompts, diverge
 from lm_eval_routed.jobs.diff_cli import read_runs
 from lm_eval_routed.jobs.files import write_atomic

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from lm_eval_routed.errors import ConfigError
+
 
 class RouterKind(Enum):
     """What the decoder does with a router's answers (module docstring); the value is recorded."""
@@ -141,8 +143,6 @@ def _check_knobs(cfg: Any) -> None:
     for key in knob_names() - set(reads):
         value = getattr(cfg, key, None) if key in defaults else cfg.extra.get(key)
         if value is not None and value != defaults.get(key):
-            from lm_eval_routed.config import ConfigError
-
             what = f"reads only {', '.join(reads)}" if reads else "reads no knob"
             raise ConfigError(f"{key}={value} is not read by router={cfg.router}, which {what}")
 
@@ -170,8 +170,6 @@ def make_router(name: str, cfg: Any, slm: torch.nn.Module | None = None) -> Rout
 def _known(name: str) -> None:
     _load_builtin()
     if name not in _REGISTRY:
-        from lm_eval_routed.config import ConfigError
-
         raise ConfigError(f"unknown router {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
 
 

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.paths import router_ckpts_dir
 
 

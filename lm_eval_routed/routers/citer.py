@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lm_eval_routed.config import ConfigError, RoutedConfig
+from lm_eval_routed.config import RoutedConfig
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.base import Router, StepView, file_sha256, register_router
 

@@ -14,7 +14,8 @@ import math
 import torch
 from torch import Tensor
 
-from lm_eval_routed.config import ConfigError, RoutedConfig
+from lm_eval_routed.config import RoutedConfig
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers.base import Router, RouterKind, StepView, register_router
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lm_eval_routed.config import ConfigError
-from lm_eval_routed.models import cache_kwarg
+from lm_eval_routed.core.engine import cache_kwarg
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers.entropy import entropy_nats
 from lm_eval_routed.training.common import (
     batched,
@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def entropy_main(argv: list[str]) -> int:
     """Calibrate entropy thresholds (and the latency model); write a config YAML plus details JSON."""
-    from lm_eval_routed.models import load_pair_model
+    from lm_eval_routed.loading.models import load_pair_model
 
     args = _parser().parse_args(argv)
     shares = [float(s) for s in args.shares.split(",") if s.strip()]

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from lm_eval_routed.config import ConfigError
-from lm_eval_routed.models import eos_ids
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.models import eos_ids
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.citer import CiterNet
 from lm_eval_routed.training.common import (
@@ -255,7 +255,7 @@ def train_round(
 
 def _runtime(slm, llm, tok, router_dir: Path | None, opts: CiterOptions):
     from lm_eval_routed.config import load_config
-    from lm_eval_routed.runtime import build_runtime
+    from lm_eval_routed.loading.runtime import build_runtime
 
     args = {"cost_slm": "0:0", "cost_llm": "0:0", "batch_size": opts.batch_size}
     if router_dir is None:

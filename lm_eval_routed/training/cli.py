@@ -16,8 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from lm_eval_routed.config import ConfigError
-from lm_eval_routed.models import load_pair_model
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.models import load_pair_model
 from lm_eval_routed.training.common import load_rows, pick_field
 from lm_eval_routed.training.trainer import TrainOptions
 
@@ -107,7 +107,7 @@ def _train_opts(args) -> TrainOptions:
 
 def r2r_label(args) -> dict:
     """Run (or resume) the R2R label pipeline."""
-    from lm_eval_routed.models import check_same_vocab
+    from lm_eval_routed.loading.models import check_same_vocab
     from lm_eval_routed.training.r2r_labels import LabelOptions, build_labels
 
     rows = load_rows(args.queries, args.split, args.limit)
@@ -148,7 +148,7 @@ def r2r(args) -> dict:
 
 def citer(args, label_only: bool) -> dict:
     """CITER: round-0 labels only, or every round of labels and training."""
-    from lm_eval_routed.models import check_same_vocab
+    from lm_eval_routed.loading.models import check_same_vocab
     from lm_eval_routed.training.citer import CiterOptions, load_checker, run_citer
 
     rows = load_rows(args.data, args.split, args.limit)

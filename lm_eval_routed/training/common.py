@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from lm_eval_routed.config import ConfigError
-from lm_eval_routed.models import eos_ids
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.models import eos_ids
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.training.common import fingerprint, save_shard, shard_paths
 from lm_eval_routed.training.r2r_labels import LabelStats
 

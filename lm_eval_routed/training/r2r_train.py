@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.r2r import R2RNet
 from lm_eval_routed.training.common import load_shards

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

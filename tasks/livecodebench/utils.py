@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals.livecodebench import (
     build_prompt,
     decode_tests,

@@ -14,12 +14,9 @@ LLM on every position it scored, the router per call.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
-
-import torch
 
 
 class Model(str, Enum):
@@ -160,74 +157,3 @@ class SampleTally:
             slm_calls=self.slm_calls,
             key=dict(key or {}),
         )
-
-
-def bare(record: dict[str, Any]) -> dict[str, Any]:
-    """A record dict without its join key, as sample logs carry it beside the sample."""
-    return {k: v for k, v in record.items() if k != "key"}
-
-
-def records_by_sample(
-    samples: list[dict[str, Any]], docs: dict[Any, list[dict[str, Any]]]
-) -> list[list[dict[str, Any]]]:
-    """Each lm-eval logged sample's records, from ``docs`` (request doc id -> its record dicts).
-
-    Requests carry a doc's position among the evaluated docs; lm-eval logs the sample at that
-    position under ``indices[position]`` when ``--samples`` picks docs, and once per filter. Where
-    every logged id is a request doc id of the same prompt, ids are positions; otherwise, within each
-    prompt, the distinct logged ids in increasing order pair with the positions in increasing order
-    (lm-eval's own numbering, for indices given in increasing order), so a doc logged under several
-    filters gets its records in each, and a sample only ever gets records of its own prompt.
-    """
-    docs = {doc: recs for doc, recs in docs.items() if recs}
-
-    def prompt(doc: Any) -> Any:
-        return docs[doc][0]["key"].get("prompt_hash")
-
-    def own(sample: dict[str, Any]) -> bool:
-        doc = sample.get("doc_id")
-        return doc in docs and sample.get("prompt_hash") in (None, prompt(doc))
-
-    if all(own(sample) for sample in samples):
-        return [docs[sample.get("doc_id")] for sample in samples]
-    positions: dict[Any, list[Any]] = {}
-    for doc in sorted(docs, key=_doc_order):
-        positions.setdefault(prompt(doc), []).append(doc)
-    logged: dict[Any, set[Any]] = {}
-    for sample in samples:
-        logged.setdefault(sample.get("prompt_hash"), set()).add(sample.get("doc_id"))
-    pair = {
-        (hash_, doc_id): doc
-        for hash_, ids in logged.items()
-        for doc_id, doc in zip(sorted(ids, key=_doc_order), positions.get(hash_, []))
-    }
-    return [docs.get(pair.get((s.get("prompt_hash"), s.get("doc_id"))), []) for s in samples]
-
-
-def _doc_order(doc: Any) -> tuple[bool, Any]:
-    return (doc is None, doc)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_forward_cost(engine, repeats: int = 3, long: int = 32) -> tuple[float, float]:
-    """Fit ``fixed + per_token * n`` from timed forwards over 1 and ``long`` tokens (fresh caches)."""
-
-    def timed(n: int) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            cache = engine.new_cache(1, long + 1)
-            _sync(engine.device)
-            start = time.perf_counter()
-            engine.forward(cache, [0], [0], [[engine.pad_id] * n])
-            _sync(engine.device)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    timed(1)  # warm-up
-    one, many = timed(1), timed(long)
-    per_token = max(many - one, 0.0) / (long - 1)
-    return (max(one - per_token, 0.0), per_token)

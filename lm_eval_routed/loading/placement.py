@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from lm_eval_routed.config import ConfigError
-from lm_eval_routed.placement_keys import (
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.placement_keys import (
     Device,
     PlacementRequest,
     as_device,

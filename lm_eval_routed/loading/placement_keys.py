@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 DEVICE_HELP = "a GPU index or cuda[:N], cpu, mps or disk"

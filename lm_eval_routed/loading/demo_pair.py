@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_routed.config import ConfigError
+from lm_eval_routed.errors import ConfigError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ASSETS = Path(__file__).resolve().parent / "assets"

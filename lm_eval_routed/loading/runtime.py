@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lm_eval_routed.accounting import CostModel, ParamSizes, measure_forward_cost
-from lm_eval_routed.config import ConfigError, RoutedConfig
+from lm_eval_routed.config import RoutedConfig
+from lm_eval_routed.core.accounting import CostModel, ParamSizes
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import checked_engine, unsupported
 from lm_eval_routed.core.rows import GenRequest, GenResult
-from lm_eval_routed.models import (
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.costs import measure_forward_cost
+from lm_eval_routed.loading.models import (
     ParamCount,
     check_same_vocab,
     check_vocab_fits,
@@ -38,9 +40,9 @@ from lm_eval_routed.models import (
     resolve_dtype,
     tokenizer_size,
 )
-from lm_eval_routed.offsets import with_offsets
-from lm_eval_routed.placement import describe
-from lm_eval_routed.placement_keys import PlacementRequest
+from lm_eval_routed.loading.offsets import with_offsets
+from lm_eval_routed.loading.placement import describe
+from lm_eval_routed.loading.placement_keys import PlacementRequest
 from lm_eval_routed.routers.base import Router, check_router, make_router
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import struct
@@ -12,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lm_eval_routed.config import ConfigError
-from lm_eval_routed.placement import dispatch, offload_dir, plan, removes_offload
-from lm_eval_routed.placement_keys import PlacementRequest, device_name
+from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading.placement import dispatch, offload_dir, plan, removes_offload
+from lm_eval_routed.loading.placement_keys import PlacementRequest, device_name
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def load_model(
     or ``random:folder`` (random weights: ``_load_random``);
     on ``device``, or spread as ``placement`` asks (``placement.py``: checked before weights load)."""
     if ref.startswith("demo:"):
-        from lm_eval_routed import demo_pair
+        from lm_eval_routed.loading import demo_pair
 
         loaders = {"demo:llm": demo_pair.load_demo_llm, "demo:slm": demo_pair.load_demo_slm}
         if ref not in loaders:
@@ -247,13 +246,6 @@ def eos_ids(tokenizer, model) -> set[int]:
         elif source:
             ids.update(int(i) for i in source)
     return ids
-
-
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers >= 5.24, which
-    deprecates the old name) or ``past_key_values``."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def load_pair_model(ref: str, dtype: str, device: str):
