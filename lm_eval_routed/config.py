@@ -179,7 +179,7 @@ class RoutedConfig:
         None, _O | _S, "the same for the LLM", shown="measured at start-up"
     )
     cost_router: float | None = setting(
-        None, _O, "seconds per router call (modeled latency)", shown="measured at start-up"
+        None, _O, "seconds per router call (modeled latency)", shown="0"
     )
     params_slm_nominal: float | None = setting(
         None,

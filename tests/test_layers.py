@@ -18,6 +18,8 @@ ABOVE_CORE = ("config", "loading", "adapters", "evals", "jobs", "training", "cli
 FORBIDDEN = {
     # the one error type: a leaf every layer can raise
     "errors": ("",),
+    # writing files whole or appending lines: a leaf too
+    "files": ("",),
     # a config is checked without loading anything: it reads the routers' knobs and the placement
     # keys' syntax, nothing that loads a model
     "config": ("core", "adapters", "evals", "jobs", "training", "cli", "loading.models",

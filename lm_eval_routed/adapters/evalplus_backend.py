@@ -26,9 +26,11 @@ import jsonlines
 from evalplus.provider.base import DecoderBase
 from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make_raw_chat_prompt
 
+from lm_eval_routed.adapters.joins import flat
 from lm_eval_routed.config import RUN_ONLY_KEYS, RoutedConfig, load_config, parse_arg_string
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import append_jsonl
 from lm_eval_routed.loading.runtime import build_runtime, sample_seed
 
 
@@ -106,13 +108,11 @@ class RoutedDecoder(DecoderBase):
         ]
         results = self.runtime.generate(reqs)
         self.index[task_id] += num_samples
-        rows = [{**r.record.key, **_without_key(r.record.to_dict())} for r in results]
+        rows = [flat(r.record.to_dict()) for r in results]
         # appended per task, so an interrupted run keeps what it generated
         extra = self.runtime.cfg.accounting_path
         for path in {p for p in (self.accounting_path, extra and Path(extra)) if p}:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with jsonlines.open(path, mode="a") as out:
-                out.write_all(rows)
+            append_jsonl(path, rows)
         return [r.text for r in results]
 
 
@@ -125,10 +125,6 @@ def _config(name: str, **keys: Any) -> RoutedConfig:
 def _as_json(cfg: RoutedConfig) -> dict[str, Any]:
     """``cfg`` as the run info file records it."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def _without_key(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "key"}
 
 
 def _task_ids(dataset: str, version: str = "default") -> dict[str, str]:

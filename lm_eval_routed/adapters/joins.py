@@ -10,6 +10,11 @@ def bare(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "key"}
 
 
+def flat(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as one JSONL row: its join key's fields, then its own."""
+    return {**record["key"], **bare(record)}
+
+
 def records_by_sample(
     samples: list[dict[str, Any]], docs: dict[Any, list[dict[str, Any]]]
 ) -> list[list[dict[str, Any]]]:

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jsonlines
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import (
@@ -31,10 +30,12 @@ from tqdm import tqdm
 
 from lm_eval_routed.adapters import lm_eval_records as recs
 from lm_eval_routed.adapters import plugin
+from lm_eval_routed.adapters.joins import flat
 from lm_eval_routed.config import RUN_ONLY_KEYS, given_keys, load_config
 from lm_eval_routed.core.accounting import ParamSizes, SampleTally
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import append_jsonl
 from lm_eval_routed.loading.runtime import (
     RoutedRuntime,
     build_runtime,
@@ -297,9 +298,7 @@ class RoutedLM(TemplateLM):
         ``accounting_path`` as produced, so an interrupted run keeps its rows."""
         record["cached"] = False
         if self._accounting is not None:
-            self._accounting.parent.mkdir(parents=True, exist_ok=True)
-            with jsonlines.open(self._accounting, mode="a") as out:
-                out.write({**recs.flat(record), **self.tags})
+            append_jsonl(self._accounting, [{**flat(record), **self.tags}])
         return record
 
     # -- log-likelihood: the LLM scores, the accounting says so ---------------------------------

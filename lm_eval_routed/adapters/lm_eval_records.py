@@ -12,16 +12,17 @@ beside its response (``store_cached``), and a response served from there brings 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonlines
 from lm_eval.api.model import hash_args
 from lm_eval.utils import hash_string
 
-from lm_eval_routed.adapters.joins import bare, records_by_sample
+from lm_eval_routed.adapters.joins import bare, flat, records_by_sample
+from lm_eval_routed.files import write_atomic
 
 # key prefix of our entries in lm-eval's cache (its own keys are bare sha256 digests)
 CACHE_PREFIX = "routed-records:"
@@ -72,11 +73,6 @@ def key_of(inst, repeat: int) -> dict[str, Any]:
     }
 
 
-def flat(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as one JSONL row: its join key's fields, then its own."""
-    return {**record["key"], **bare(record)}
-
-
 def attach(samples: dict[str, list[dict[str, Any]]], records: list[dict[str, Any]]) -> None:
     """Put each logged sample's records under ``"routed"``, in request and repeat order."""
     by_task: dict[Any, dict[Any, list[dict[str, Any]]]] = {}
@@ -109,10 +105,7 @@ def write_jsonl(tracker, task_name: str, samples: list[dict[str, Any]]) -> None:
     )
     path.mkdir(parents=True, exist_ok=True)
     target = path / f"routed_{task_name}_{tracker.date_id}.jsonl"
-    partial = target.with_name(f".{target.name}.partial")
-    with jsonlines.open(partial, mode="w") as out:
-        out.write_all(rows)
-    partial.replace(target)  # whole or absent, never half written
+    write_atomic(target, "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
 
 def _cached_key(attr: str, inst) -> str:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import write_atomic
 from lm_eval_routed.jobs.diff import ACCOUNTING, Comparison, Listing, TaskDiff, compare
-from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.jobs.readers import read_run
 from lm_eval_routed.jobs.report import Format, number, render
 from lm_eval_routed.jobs.runs import Run

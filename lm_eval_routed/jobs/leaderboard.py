@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_routed.errors import ConfigError
-from lm_eval_routed.jobs.files import write_atomic
+from lm_eval_routed.files import write_atomic
 
 COLUMNS = (
     "config",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lm_eval_routed.adapters.joins import bare, records_by_sample
 from lm_eval_routed.config import Affects, RoutedConfig, effects, keys_affecting, load_config
 from lm_eval_routed.errors import ConfigError
-from lm_eval_routed.jobs.files import write_atomic
+from lm_eval_routed.files import write_atomic
 from lm_eval_routed.loading.runtime import RoutedRuntime, build_runtime, with_costs
 
 if TYPE_CHECKING:
@@ -183,11 +183,13 @@ def check_labels(cfgs: list[RoutedConfig]) -> None:
 # what loading a pair depends on: configurations that agree on these share the loaded weights
 _LOAD_KEYS = keys_affecting(Affects.LOADING)
 # what a cell records of its configuration and compares on resume: what changes its scores, and
-# what changes its speed on the machine it ran on (where the weights were placed is in its run info)
+# what changes its speed on the machine it ran on (where the weights were placed is in its run
+# info); not its name, which is the cell's folder already
 _CELL_KEYS = tuple(
     key
     for key, affects in effects().items()
-    if Affects.OUTPUT in affects or (Affects.SPEED in affects and Affects.LOADING not in affects)
+    if key != "name"
+    and (Affects.OUTPUT in affects or (Affects.SPEED in affects and Affects.LOADING not in affects))
 )
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import write_atomic
 from lm_eval_routed.jobs.diff import check_same_prompts, diverge
 from lm_eval_routed.jobs.diff_cli import read_runs
-from lm_eval_routed.jobs.files import write_atomic
 from lm_eval_routed.jobs.runs import Doc, Generation, Run, doc_order
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

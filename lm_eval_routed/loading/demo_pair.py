@@ -20,7 +20,7 @@ import torch
 from lm_eval_routed.errors import ConfigError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STUDENT_WEIGHTS = ASSETS / "demo_student.safetensors"
 STUDENT_CARD = ASSETS / "demo_student.json"
 

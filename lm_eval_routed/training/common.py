@@ -21,6 +21,7 @@ from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import append_jsonl, save_atomic
 from lm_eval_routed.loading.models import eos_ids
 
 log = logging.getLogger(__name__)
@@ -95,19 +96,15 @@ class JsonlLog:
     def extend(self, recs: Iterable[dict[str, Any]]) -> None:
         """Append records and flush them to disk."""
         recs = list(recs)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in recs)
+        append_jsonl(self.path, recs)
         for r in recs:
             self.records[self.key(r)] = r
 
 
 def save_shard(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] | None = None) -> None:
     """Write a safetensors shard atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-    tmp.replace(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def shard_paths(folder: Path) -> list[Path]:

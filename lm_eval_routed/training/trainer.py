@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,22 +139,17 @@ def train_binary(
 
 
 def _save_state(path: Path, net, opt, gen, best, best_val, best_epoch, bad, history) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "net": net.state_dict(),
-            "opt": opt.state_dict(),
-            "gen": gen.get_state(),
-            "best": best,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "bad": bad,
-            "history": torch.tensor(history, dtype=torch.float64).reshape(-1, 2),
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    state = {
+        "net": net.state_dict(),
+        "opt": opt.state_dict(),
+        "gen": gen.get_state(),
+        "best": best,
+        "best_val": best_val,
+        "best_epoch": best_epoch,
+        "bad": bad,
+        "history": torch.tensor(history, dtype=torch.float64).reshape(-1, 2),
+    }
+    save_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 # -- thresholds -----------------------------------------------------------------------------------
