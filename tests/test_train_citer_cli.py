@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from saved_pair import SPECIAL, encode, near_pair, next_tokens, save
 from lm_eval_routed.config import load_config
 from lm_eval_routed.routers.base import StepView
 from lm_eval_routed.runtime import build_runtime
+from lm_eval_routed.training.citer import BOTH_WRONG, LLM_RIGHT, SLM_RIGHT
 from lm_eval_routed.training.cli import main
 
 ROLLOUT_TOKENS = 4
@@ -111,8 +113,19 @@ def slm_rollout(slm, tok, prompt: list[int], head: list[int]) -> str:
     return tok.decode(head + out.tolist(), skip_special_tokens=True)
 
 
-def expected_labels(models, tok, rows: list[dict], checker) -> dict[tuple[int, int], tuple]:
-    """(sample, position) -> (kind, label, SLM token, LLM token, reference token), by CITER's rule."""
+@dataclass(frozen=True)
+class Expected:
+    """One reference position as CITER's rule labels it, from the models' own top-1 tokens."""
+
+    kind: int  # SLM_RIGHT, LLM_RIGHT or BOTH_WRONG
+    label: int
+    slm: int
+    llm: int
+    ref: int
+
+
+def expected_labels(models, tok, rows: list[dict], checker) -> dict[tuple[int, int], Expected]:
+    """(sample, position) -> its ``Expected`` label, by CITER's rule."""
     slm, llm = models
     out = {}
     for s, row in enumerate(rows):
@@ -121,13 +134,13 @@ def expected_labels(models, tok, rows: list[dict], checker) -> dict[tuple[int, i
         slm_top, llm_top = next_tokens(slm, prompt + ref)[at], next_tokens(llm, prompt + ref)[at]
         for t, (r, g, h) in enumerate(zip(ref, slm_top, llm_top)):
             if g == r:
-                kind, label = "slm", 1
+                kind, label = SLM_RIGHT, 1
             elif h == r:
-                kind, label = "llm", 0
+                kind, label = LLM_RIGHT, 0
             else:
                 text = slm_rollout(slm, tok, prompt, ref[:t] + [g])
-                kind, label = "both", int(checker(text, row))
-            out[(s, t)] = (kind, label, g, h, r)
+                kind, label = BOTH_WRONG, int(checker(text, row))
+            out[(s, t)] = Expected(kind, label, g, h, r)
     return out
 
 
@@ -143,33 +156,33 @@ def label_rows(models):
     return rows
 
 
-def test_citer_label_writes_the_rule_s_labels(tmp_path, folders, models, label_rows, capsys):
+def test_citer_label_writes_labels_by_citer_rule(tmp_path, folders, models, label_rows, capsys):
     tok = char_tokenizer()
     data = write_rows(tmp_path / "train.jsonl", label_rows)
     work = tmp_path / "w"
     summary = run(citer_argv("citer-label", folders, data, "parity", work), capsys)
     want = expected_labels(models, tok, label_rows, parity)
-    kinds = [k for k, *_ in want.values()]
-    ties = sum(k == "slm" and h == r for k, _, _, h, r in want.values())
-    assert ties and kinds.count("llm") and kinds.count("both")  # every case of the rule occurs
+    kinds = [e.kind for e in want.values()]
+    ties = sum(e.kind == SLM_RIGHT and e.llm == e.ref for e in want.values())
+    assert ties and LLM_RIGHT in kinds and BOTH_WRONG in kinds  # every case of the rule occurs
 
     feats = load_file(work / "features.safetensors")
     keys = list(zip(feats["sample"].tolist(), feats["position"].tolist()))
     assert keys == list(want)
-    assert feats["slm_token"].tolist() == [want[k][2] for k in keys]
-    assert feats["llm_token"].tolist() == [want[k][3] for k in keys]
-    assert feats["ref_token"].tolist() == [want[k][4] for k in keys]
+    assert feats["slm_token"].tolist() == [want[k].slm for k in keys]
+    assert feats["llm_token"].tolist() == [want[k].llm for k in keys]
+    assert feats["ref_token"].tolist() == [want[k].ref for k in keys]
 
     rollouts = [json.loads(x) for x in (work / "rollouts-r0.jsonl").read_text().splitlines()]
-    both = {k: v[1] for k, v in want.items() if v[0] == "both"}
+    both = {k: e.label for k, e in want.items() if e.kind == BOTH_WRONG}
     assert {(r["sample"], r["position"]): r["label"] for r in rollouts} == both
     assert 0 < sum(both.values()) < len(both)  # the checker said yes and no
-    labels = [v[1] for v in want.values()]
+    labels = [e.label for e in want.values()]
     assert summary["positions"] == summary["rows"] == len(want)
     assert (summary["slm_right"], summary["llm_right"], summary["both_wrong"]) == (
-        kinds.count("slm"),
-        kinds.count("llm"),
-        kinds.count("both"),
+        kinds.count(SLM_RIGHT),
+        kinds.count(LLM_RIGHT),
+        kinds.count(BOTH_WRONG),
     )
     assert summary["label_one_share"] == round(sum(labels) / len(labels), 4)
 
