@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import write_workspace
 
-from lm_eval_routed import accounting
+from lm_eval_routed.loading import costs
 
 
 class ClockedEngine:
@@ -31,8 +31,8 @@ class ClockedEngine:
 
 def test_the_fit_recovers_the_forward_cost(monkeypatch):
     engine = ClockedEngine(fixed=0.02, per_token=0.0005)
-    monkeypatch.setattr(accounting, "time", SimpleNamespace(perf_counter=lambda: engine.now))
-    fixed, per_token = accounting.measure_forward_cost(engine)
+    monkeypatch.setattr(costs, "time", SimpleNamespace(perf_counter=lambda: engine.now))
+    fixed, per_token = costs.measure_forward_cost(engine)
     assert fixed == pytest.approx(0.02, rel=1e-6) and per_token == pytest.approx(0.0005, rel=1e-6)
 
 

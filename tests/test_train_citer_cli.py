@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from saved_pair import SPECIAL, encode, near_pair, next_tokens, save
 
 from lm_eval_routed.config import load_config
+from lm_eval_routed.loading.runtime import build_runtime
 from lm_eval_routed.routers.base import StepView
-from lm_eval_routed.runtime import build_runtime
 from lm_eval_routed.training.citer import BOTH_WRONG, LLM_RIGHT, SLM_RIGHT
 from lm_eval_routed.training.cli import main
 

@@ -17,8 +17,8 @@ from helpers import char_tokenizer, tiny_llama
 from saved_pair import encode, near_pair, next_tokens, save
 
 from lm_eval_routed.config import load_config
+from lm_eval_routed.loading.runtime import build_runtime
 from lm_eval_routed.routers.base import StepView
-from lm_eval_routed.runtime import build_runtime
 from lm_eval_routed.training import verifier
 from lm_eval_routed.training.cli import main
 from lm_eval_routed.training.common import save_shard
