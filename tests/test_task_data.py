@@ -91,10 +91,11 @@ def _packed(data: bytes) -> str:
         ("aime24", [AIME, {"Problem": "x", "answer": "2"}], "line 2: field 'Problem' is spelled"),
         ("aime24", [AIME, {**AIME, "hint": "x"}], "line 2: field 'hint' is not on line 1"),
         ("aime24", [AIME, {"problem": 7, "answer": "2"}], "line 2: field 'problem' is a int"),
+        ("aime24", [AIME, {**AIME, "answer": ["42"]}], "line 2: field 'answer' is ['42'], not an"),
         (
             "aime24",
-            [AIME, {**AIME, "answer": ["42"]}],
-            "line 2: field 'answer' is a list but a str",
+            [{**AIME, "id": 1}, {**AIME, "id": [1]}],
+            "line 2: field 'id' is a list but a number",
         ),
         ("aime24", [AIME, {**AIME, "answer": 4}], "line 2: field 'answer' is a number but a str"),
         ("gpqa_diamond", [GPQA, {**GPQA, "Correct Answer": None}], "field 'Correct Answer' is"),
@@ -140,18 +141,36 @@ def test_a_missing_file_and_a_file_that_is_not_utf8(tmp_path, monkeypatch):
     assert "is not UTF-8 text" in refused(monkeypatch, tmp_path, "aime24")
 
 
-def test_livecodebench_checks_only_problems_in_the_window(tmp_path, monkeypatch):
-    # a broken problem outside the contest window is never scored, so it does not stop the task
+def test_livecodebench_checks_every_row_of_a_file_before_the_window(tmp_path, monkeypatch):
+    # a broken problem outside the contest window is named, not silently dropped by the window
     old = _lcb(question_id="q0", contest_date="2023-01-01", private_test_cases="%%%")
-    write(tmp_path, "livecodebench", [old, LCB])
-    monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
-    docs = list(task_utils("livecodebench").load_livecodebench()["test"])
-    assert [d["question_id"] for d in docs] == ["q1"]
+    path = write(tmp_path, "livecodebench", [LCB, old])
+    text = refused(monkeypatch, tmp_path, "livecodebench")
+    assert text.startswith(f"{path} line 2: field 'private_test_cases' does not decode"), text
+
+
+def test_livecodebench_hub_rows_are_decoded_only_in_the_window(monkeypatch):
+    """The hub's problems outside the window are never decoded (their private tests run to
+    gigabytes), but every row's contest_date must still parse."""
+    import datasets
+
+    old = _lcb(question_id="q0", contest_date="2023-01-01", private_test_cases="%%%")
+    rows = [old, LCB]
+    monkeypatch.delenv("ROUTED_TASKS_DATA", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
+    lcb = task_utils("livecodebench")
+    assert [d["question_id"] for d in lcb.load_livecodebench()["test"]] == ["q1"]
+    rows = [_lcb(contest_date="01/09/2024"), LCB]
+    with pytest.raises(ConfigError) as err:
+        lcb.load_livecodebench()
+    assert str(err.value).startswith(
+        "lighteval/code_generation_lite row 0: field 'contest_date' is '01/09/2024', not an ISO"
+    ), err.value
 
 
 def test_good_files_load_with_every_row(tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
-    write(tmp_path, "aime24", ["", {**AIME, "answer": 42}, {"problem": "2+2", "answer": 4.5}, ""])
+    write(tmp_path, "aime24", ["", {**AIME, "answer": 42}, {"problem": "2+2", "answer": 4.0}, ""])
     rows = list(task_utils("aime").load_aime24()["test"])
     assert [r["problem"] for r in rows] == ["What is 20 + 22?", "2+2"]
     write(tmp_path, "gpqa_diamond", [GPQA, GPQA])
