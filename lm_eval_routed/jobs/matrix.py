@@ -197,14 +197,14 @@ def check_task_path(task: str) -> None:
             f"tasks: {task!r} does not exist (a path to a task YAML); fix the path, or give "
             "the task's name"
         )
-    from lm_eval.tasks._index import TaskIndex
+    from lm_eval.tasks._yaml_loader import load_yaml
 
     try:
-        entry = TaskIndex.entry_from_path(path)
+        cfg = load_yaml(path, resolve_func=False)
     except Exception as err:  # noqa: BLE001  (YAML and lm-eval's own errors come in many types)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"tasks: {task!r} is not a readable task YAML ({first})") from None
-    if entry is None:
+    if not isinstance(cfg, dict) or not (cfg.get("task") or cfg.get("group")):
         raise ConfigError(f"tasks: {task!r} names no task: (or group:); it is not a task YAML")
 
 
