@@ -5,6 +5,7 @@ matrices: test_bad_matrix.py; task data: test_task_data.py.)"""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -304,19 +305,26 @@ def test_lm_eval_cli_model_args_mistakes_are_one_line(extra, needle):
 @pytest.mark.slow
 def test_lm_eval_cli_task_data_and_gen_kwargs_mistakes_are_one_line(workspace, tmp_path):
     model = f"slm={workspace / 'slm'},llm={workspace / 'llm'},cost_slm=0:0,cost_llm=0:0"
-    (tmp_path / "aime24.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n["1+2", "3"]\n')
+    # a problem without its contest_date is named as such, not reported as an empty window
+    tests = json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}])
+    row = {"question_content": "Add.", "public_test_cases": tests, "contest_date": "2024-09-01"}
+    lines = [row, {k: v for k, v in row.items() if k != "contest_date"}]
+    (tmp_path / "livecodebench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     out = _lm_eval(
         "--model",
         "routed",
         "--model_args",
         model,
         "--tasks",
-        "routed_aime24",
+        "routed_livecodebench",
         "--limit",
         "1",
         env={"ROUTED_TASKS_DATA": str(tmp_path)},
     )
-    _assert_one_line(out, f"{tmp_path / 'aime24.jsonl'} line 2 is a JSON list, not an object")
+    _assert_one_line(
+        out,
+        f"{tmp_path / 'livecodebench.jsonl'} line 2: field 'contest_date' is missing or null",
+    )
     out = _lm_eval(
         "--model",
         "routed",

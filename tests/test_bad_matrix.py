@@ -164,7 +164,9 @@ def _refused(place, args: list[str], needle: str, capsys) -> None:
     assert main(["sweep", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("lm-eval-routed sweep: ") and needle.replace("{d}", str(place)) in err, err
+    assert err.startswith("lm-eval-routed sweep: ") and needle.replace("{d}", str(place)) in err, (
+        err
+    )
     assert tree(place) == before
 
 
