@@ -363,15 +363,19 @@ def preset_names() -> list[str]:
 
 
 def _read_yaml(ref: str) -> dict[str, Any]:
-    path = Path(ref)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"config={ref!r} is a folder; give the YAML file itself or a preset name")
     if not path.is_file():
+        if path.suffix in (".yaml", ".yml") or "/" in ref:  # meant as a file, not a preset name
+            raise ConfigError(f"config={ref!r}: no such file; fix the path")
         path = PRESETS_DIR / f"{ref}.yaml"
     if not path.is_file():
         raise ConfigError(
             f"config={ref!r} is neither a YAML file nor a preset; presets: {', '.join(preset_names())}"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -381,6 +385,10 @@ def _read_yaml(ref: str) -> dict[str, Any]:
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from None
+    if data is None:
+        raise ConfigError(
+            f"config file {path} is empty; write its keys (router: ..., slm: ...) or drop config="
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data

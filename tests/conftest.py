@@ -32,3 +32,14 @@ def make_runtime(pair, tokenizer):
         return build_runtime(cfg, slm=pair[0], llm=pair[1], tokenizer=tokenizer)
 
     return build
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if any model's weights are loaded."""
+    from lm_eval_routed.loading import runtime
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the mistake was refused")
+
+    monkeypatch.setattr(runtime, "load_model", refuse)

@@ -91,3 +91,21 @@ def write_workspace(root: Path) -> Path:
     (tasks / "tiny.yaml").write_text(TASK.format(data=data))
     (tasks / "tiny_mc.yaml").write_text(MC_TASK.format(data=data))
     return root
+
+
+def one_line(err, needle: str) -> str:
+    """The text of a raised error (a ``pytest.ExceptionInfo``), checked to be one line holding
+    ``needle`` and no traceback."""
+    text = str(err.value)
+    assert needle in text, text
+    assert "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (relative) with a file's bytes, None for a folder: two snapshots
+    compare equal only when nothing under ``root`` was made, removed or changed."""
+    return {
+        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }

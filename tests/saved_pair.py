@@ -20,7 +20,9 @@ def near_pair(eps: float = 0.5) -> tuple[torch.nn.Module, torch.nn.Module]:
     for key, value in slm.state_dict().items():
         state[key] = value.clone()
     for key in state:
-        if key.startswith("model.layers.1.") and key.endswith(("o_proj.weight", "down_proj.weight")):
+        if key.startswith("model.layers.1.") and key.endswith(
+            ("o_proj.weight", "down_proj.weight")
+        ):
             state[key] = state[key] * eps
     llm.load_state_dict(state)
     return slm, llm.eval()

@@ -1,55 +1,29 @@
 """Bad input, as a careless user gives it: every mistake is one line naming what is wrong and the fix,
-raised before any model loads where it can be seen without one, never a traceback or a silent default."""
+raised before any model loads where it can be seen without one, never a traceback or a silent default.
+(Files a user hands in, config YAMLs, router checkpoints and model folders: test_bad_files.py; sweep
+matrices: test_bad_matrix.py; task data: test_task_data.py.)"""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import char_tokenizer, tiny_llama, write_workspace
+from helpers import one_line, write_workspace
 from lm_eval.api.instance import Instance
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import RoutedConfig, load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading import runtime
-from lm_eval_routed.paths import router_ckpts_dir
 
 
-def one_line(err: pytest.ExceptionInfo, needle: str) -> str:
-    text = str(err.value)
-    assert needle in text, text
-    assert "\n" not in text and "Traceback" not in text, text
-    return text
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if any model's weights are loaded."""
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded before the mistake was refused")
-
-    monkeypatch.setattr(runtime, "load_model", refuse)
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """The refs ``build_runtime`` loads, in order (the real loader still runs)."""
-    seen: list[str] = []
-    real = runtime.load_model
-
-    def record(ref, *a, **k):
-        seen.append(ref)
-        return real(ref, *a, **k)
-
-    monkeypatch.setattr(runtime, "load_model", record)
-    return seen
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return write_workspace(tmp_path_factory.mktemp("bad_input"))
 
 
 # -- model_args ------------------------------------------------------------------------------------
@@ -150,35 +124,6 @@ def test_a_config_built_in_code_with_an_unread_knob_is_refused_before_loading(no
 
 
 @pytest.mark.parametrize(
-    "text,needle",
-    [
-        ("router: entropy\nthreshold: [0.1\n", "is not valid YAML at line 3"),
-        ("router: entropy\n  threshold: 0.1\n", "is not valid YAML at line 2"),
-        ("router: 'entropy\n", "is not valid YAML"),
-        ("- router\n- entropy\n", "must hold a mapping of keys to values"),
-        ("router: random\np: .nan\n", "p=nan is not a finite number"),
-        ("router: random\nthreshold: 0.3\n", None),  # a file's unread knob is dropped, not refused
-    ],
-)
-def test_config_file_mistakes_are_one_line(tmp_path, text, needle):
-    path = tmp_path / "run.yaml"
-    path.write_text(text)
-    if needle is None:
-        assert load_config({"config": str(path)}).threshold is None
-        return
-    with pytest.raises(ConfigError) as err:
-        load_config({"config": str(path)})
-    one_line(err, needle)
-
-
-def test_a_config_path_that_is_a_folder_or_not_text(tmp_path):
-    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00router")
-    with pytest.raises(ConfigError) as err:
-        load_config({"config": str(tmp_path / "bin.yaml")})
-    one_line(err, "bin.yaml")
-
-
-@pytest.mark.parametrize(
     "args,needle",
     [
         (
@@ -207,206 +152,6 @@ def test_a_cuda_device_that_is_not_there():
         resolve_device("cuda:99")
     needle = "only" if torch.cuda.is_available() else "no CUDA device is visible"
     one_line(err, needle)
-
-
-# -- router checkpoint files ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def ckpt(tmp_path):
-    """A writable copy of a shipped router checkpoint folder: ``ckpt(kind) -> folder``."""
-
-    def copy(kind: str):
-        folder = tmp_path / f"my-{kind}"
-        shutil.copytree(router_ckpts_dir() / f"demo-{kind}", folder)
-        return folder
-
-    return copy
-
-
-def _edit_config(folder, **changes):
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(changes)
-    for key, value in changes.items():
-        if value is None:
-            del cfg[key]
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
-@pytest.mark.parametrize("kind", ["citer", "r2r"])
-@pytest.mark.parametrize(
-    "damage,needle",
-    [
-        ("truncate", "model.safetensors is not a readable safetensors file"),
-        ("garbage", "model.safetensors is not a readable safetensors file"),
-        ("empty", "model.safetensors is not a readable safetensors file"),
-        ("json_syntax", "config.json is not valid JSON (line 1"),
-        ("json_list", "config.json must hold a JSON object"),
-        ("no_kind", "records no router kind"),
-        ("hidden_text", "hidden_size='abc' must be a positive integer"),
-        ("hidden_wrong", "but the config's sizes need"),
-        ("hidden_missing", "its sizes do not make a"),
-        ("threshold_out", "threshold=7 must be a number between 0 and 1"),
-        ("threshold_text", "threshold='high' must be a number between 0 and 1"),
-        ("vocab_text", "vocab_size=-3 must be a positive integer"),
-    ],
-)
-def test_damaged_router_files_are_refused_before_loading(ckpt, no_loading, kind, damage, needle):
-    folder = ckpt(kind)
-    weights = folder / "model.safetensors"
-    if damage == "truncate":
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    elif damage == "garbage":
-        weights.write_bytes(b"not a tensor file at all" * 40)
-    elif damage == "empty":
-        weights.write_bytes(b"")
-    elif damage == "json_syntax":
-        (folder / "config.json").write_text('{"kind": "' + kind + '", "hidden_size": 576,,}')
-    elif damage == "json_list":
-        (folder / "config.json").write_text("[1, 2]")
-    elif damage == "no_kind":
-        _edit_config(folder, kind=None)
-    elif damage == "hidden_text":
-        _edit_config(folder, hidden_size="abc")
-    elif damage == "hidden_wrong":
-        _edit_config(folder, hidden_size=64)
-    elif damage == "hidden_missing":
-        _edit_config(folder, hidden_size=None)
-    elif damage == "threshold_out":
-        _edit_config(folder, threshold=7)
-    elif damage == "threshold_text":
-        _edit_config(folder, threshold="high")
-    elif damage == "vocab_text":
-        _edit_config(folder, vocab_size=-3)
-    cfg = load_config({"router": kind, "router_ckpt": str(folder)})
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(cfg)
-    one_line(err, needle)
-
-
-def test_an_official_r2r_file_that_is_not_a_torch_checkpoint(tmp_path, no_loading):
-    (tmp_path / "router.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    cfg = load_config({"router": "r2r", "router_ckpt": str(tmp_path / "router.pt")})
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(cfg)
-    one_line(err, "is not a weights-only torch checkpoint")
-
-
-def test_an_official_r2r_file_is_checked_against_its_init_args(tmp_path, no_loading):
-    from lm_eval_routed.routers.base import check_router
-    from lm_eval_routed.routers.r2r import OFFICIAL_TYPE, OfficialR2RNet
-
-    init = {"hidden_states_size": 64, "logits_size": 10, "hidden_dims": [16, 32, 16]}
-    state = OfficialR2RNet(**init).state_dict()
-
-    def saved(init_args: dict, tensors: dict):
-        ckpt = {"model_type": OFFICIAL_TYPE, "init_args": init_args, "state_dict": tensors}
-        torch.save({**ckpt, "common_args": {"threshold": 0.3}}, tmp_path / "r.pt")
-        return load_config({"router": "r2r", "router_ckpt": str(tmp_path / "r.pt")})
-
-    check_router(saved(init, {**state, "token_embeddings.weight": torch.zeros(98, 64)}))  # fits
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(saved({**init, "logits_size": 12}, state))
-    one_line(err, "tensor logits_projection.weight has shape [64, 10] but the config's sizes need")
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(saved({**init, "hidden_states_size": "wide"}, state))
-    one_line(err, "hidden_states_size='wide' must be a positive integer")
-
-
-# -- model files and vocabularies -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return write_workspace(tmp_path_factory.mktemp("bad_input"))
-
-
-def _pair_args(slm, llm) -> dict:
-    return {"slm": str(slm), "llm": str(llm), "cost_slm": "0:0", "cost_llm": "0:0"}
-
-
-@pytest.mark.parametrize("role", ["slm", "llm"])
-@pytest.mark.parametrize(
-    "damage,needle",
-    [
-        ("truncate", "model.safetensors is not a readable safetensors file"),
-        ("garbage", "model.safetensors is not a readable safetensors file"),
-        ("config_json", "config.json is not valid JSON"),
-    ],
-)
-def test_a_damaged_model_folder_is_refused_before_any_weight_loads(
-    workspace, tmp_path, no_loading, role, damage, needle
-):
-    bad = tmp_path / role
-    shutil.copytree(workspace / role, bad)
-    weights = bad / "model.safetensors"
-    if damage == "truncate":
-        weights.write_bytes(weights.read_bytes()[:-100])
-    elif damage == "garbage":
-        weights.write_bytes(b"\x00" * 64)
-    else:
-        (bad / "config.json").write_text('{"model_type": "llama",')
-    pair = {"slm": workspace / "slm", "llm": workspace / "llm", role: bad}
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(load_config(_pair_args(pair["slm"], pair["llm"])))
-    one_line(err, needle)
-
-
-def test_a_damaged_model_file_loaded_directly_is_one_line(workspace, tmp_path):
-    from lm_eval_routed.loading.models import load_model
-
-    bad = tmp_path / "m"
-    shutil.copytree(workspace / "slm", bad)
-    (bad / "model.safetensors").write_bytes(b"{}")
-    with pytest.raises(ConfigError) as err:
-        load_model(str(bad), torch.float32, torch.device("cpu"))
-    one_line(err, "is not a readable safetensors file")
-
-
-@pytest.mark.parametrize(
-    "content", [b"GGUF\x03\x00\x00\x00cut short", b"not a gguf file at all, just text" * 4]
-)
-def test_a_damaged_gguf_file_is_one_line(tmp_path, content):
-    from lm_eval_routed.loading.models import load_model
-
-    (tmp_path / "m.gguf").write_bytes(content)
-    with pytest.raises(ConfigError) as err:
-        load_model(str(tmp_path / "m.gguf"), torch.float32, torch.device("cpu"))
-    one_line(err, "cannot load model")
-
-
-def _saved(folder, vocab: int):
-    tiny_llama(1, seed=5, vocab=vocab).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
-def test_an_slm_whose_embedding_is_smaller_than_the_tokenizer(workspace, tmp_path, loads):
-    small = _saved(tmp_path / "small", vocab=90)  # the tokenizer has 98 ids
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(load_config(_pair_args(small, workspace / "llm")))
-    one_line(err, "slm=")
-    one_line(err, "has 90 embedding rows but the shared tokenizer has 98 token ids")
-    assert loads == [str(small)]  # refused before the LLM loads
-
-
-def test_an_llm_whose_vocabulary_is_smaller_is_refused_before_it_loads(workspace, tmp_path, loads):
-    small = _saved(tmp_path / "small", vocab=97)
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(load_config(_pair_args(workspace / "slm", small)))
-    one_line(err, "has a vocabulary of 97 but the shared tokenizer has 98 token ids")
-    assert loads == [str(workspace / "slm")]
-
-
-def test_models_handed_in_are_checked_against_the_tokenizer(pair, tokenizer):
-    cfg = load_config({"cost_slm": "0:0", "cost_llm": "0:0"})
-    with pytest.raises(ConfigError) as err:
-        runtime.build_runtime(
-            cfg, slm=tiny_llama(1, seed=3, vocab=50), llm=pair[1], tokenizer=tokenizer
-        )
-    one_line(err, "has 50 embedding rows")
-    larger = tiny_llama(1, seed=3, vocab=128)  # padded embeddings (Qwen-style) are fine
-    assert runtime.build_runtime(cfg, slm=larger, llm=pair[1], tokenizer=tokenizer).slm is larger
 
 
 # -- generation kwargs (lm-eval's --gen_kwargs and the task's generation_kwargs) -------------------
@@ -561,19 +306,26 @@ def test_lm_eval_cli_model_args_mistakes_are_one_line(extra, needle):
 @pytest.mark.slow
 def test_lm_eval_cli_task_data_and_gen_kwargs_mistakes_are_one_line(workspace, tmp_path):
     model = f"slm={workspace / 'slm'},llm={workspace / 'llm'},cost_slm=0:0,cost_llm=0:0"
-    (tmp_path / "aime24.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n["1+2", "3"]\n')
+    # a problem without its contest_date is named as such, not reported as an empty window
+    tests = json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}])
+    row = {"question_content": "Add.", "public_test_cases": tests, "contest_date": "2024-09-01"}
+    lines = [row, {k: v for k, v in row.items() if k != "contest_date"}]
+    (tmp_path / "livecodebench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     out = _lm_eval(
         "--model",
         "routed",
         "--model_args",
         model,
         "--tasks",
-        "routed_aime24",
+        "routed_livecodebench",
         "--limit",
         "1",
         env={"ROUTED_TASKS_DATA": str(tmp_path)},
     )
-    _assert_one_line(out, f"{tmp_path / 'aime24.jsonl'} line 2 is a JSON list, not an object")
+    _assert_one_line(
+        out,
+        f"{tmp_path / 'livecodebench.jsonl'} line 2: field 'contest_date' is missing or null",
+    )
     out = _lm_eval(
         "--model",
         "routed",

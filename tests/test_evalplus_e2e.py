@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import char_tokenizer, tiny_llama, write_workspace
+from helpers import char_tokenizer, tiny_llama, tree, write_workspace
 
 # two invented problems in HumanEval+ format
 PROBLEMS = [
@@ -225,3 +225,91 @@ def test_changed_settings_are_refused_before_any_model_loads(offline, tmp_path, 
     monkeypatch.setenv("ROUTED_MODEL_ARGS", "p=0.25")
     with pytest.raises(SystemExit, match="other settings \\(p\\)"):
         run(resume=False)  # EvalPlus appends to the file all the same
+
+
+# -- a problem file handed in through HUMANEVAL_OVERRIDE_PATH, broken ------------------------------
+
+ONE = PROBLEMS[0]
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "HUMANEVAL_OVERRIDE_PATH={path} does not exist; fix the path or unset"),
+        ("folder", "HUMANEVAL_OVERRIDE_PATH={path} is a folder; give the problems' JSONL file"),
+        ("", "{path} holds no rows; write one JSON object per line"),
+        (b"\xff\xfe", "{path} is not UTF-8 text (byte 0)"),
+        ('{"task_id": "HumanEval/0",\n', "{path} line 1 is not valid JSON"),
+        ([ONE, [1]], "{path} line 2 is a JSON list, not an object"),
+        ([{k: v for k, v in ONE.items() if k != "prompt"}], "line 1: field 'prompt' is missing"),
+        ([ONE, {**ONE, "task_id": "HumanEval/1", "entry_point": None}], "line 2: field 'entry_po"),
+        ([{**ONE, "base_input": "[[1]]"}], "{path} line 1: field 'base_input' is '[[1]]', not a l"),
+        ([{**ONE, "atol": "0"}], "line 1: field 'atol' is '0', not a number"),
+        ([{**ONE, "atol": True}], "line 1: field 'atol' is True, not a number"),
+        ([{**ONE, "task_id": 0}], "line 1: field 'task_id' is 0, not text"),
+        ([ONE, ONE], "{path} line 2: field 'task_id' 'HumanEval/0' is on line 1 too"),
+    ],
+)
+def test_a_broken_problem_file_is_one_line_before_any_model_loads(
+    tmp_path, monkeypatch, no_loading, content, needle
+):
+    import evalplus.codegen
+    import evalplus.data.humaneval as humaneval
+
+    from lm_eval_routed.adapters import evalplus_backend
+
+    path = tmp_path / "HumanEvalPlus.jsonl"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, list):
+        path.write_text("".join(json.dumps(row) + "\n" for row in content))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    monkeypatch.setattr(humaneval, "HUMANEVAL_OVERRIDE_PATH", str(path))
+    monkeypatch.setattr(evalplus_backend, "build_runtime", lambda cfg: pytest.fail("loaded"))
+    before = tree(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        evalplus.codegen.run_codegen(
+            model="demo", backend="routed", dataset="humaneval", root=str(tmp_path / "out")
+        )
+    text = str(done.value.code)
+    assert text.startswith("evalplus --backend routed: ") and "\n" not in text, text
+    assert needle.format(path=path) in text, text
+    assert tree(tmp_path) == before  # EvalPlus's output folders are not made
+
+
+def test_the_decoder_checks_the_problem_file_too(tmp_path, monkeypatch, no_loading):
+    import evalplus.data.humaneval as humaneval
+    import evalplus.provider as provider
+
+    monkeypatch.setattr(humaneval, "HUMANEVAL_OVERRIDE_PATH", str(tmp_path / "none.jsonl"))
+    with pytest.raises(SystemExit, match="^evalplus --backend routed: HUMANEVAL_OVERRIDE_PATH="):
+        provider.make_model(model="demo", backend="routed", dataset="humaneval")
+
+
+def test_a_sound_problem_file_passes_gzipped_or_not(setup, tmp_path):
+    import gzip
+
+    from lm_eval_routed.adapters.evalplus_data import check_problem_file
+
+    check_problem_file(setup / "HumanEvalPlus.jsonl", "HUMANEVAL_OVERRIDE_PATH")
+    packed = tmp_path / "HumanEvalPlus.jsonl.gz"
+    packed.write_bytes(gzip.compress((setup / "HumanEvalPlus.jsonl").read_bytes()))
+    check_problem_file(packed, "HUMANEVAL_OVERRIDE_PATH")
+
+
+@pytest.mark.slow  # a fresh interpreter imports EvalPlus and torch
+def test_evalplus_cli_refuses_a_missing_problem_file_in_one_line(tmp_path):
+    env = {**os.environ, "HUMANEVAL_OVERRIDE_PATH": str(tmp_path / "HumanEvalPlus.jsonl")}
+    cmd = [str(Path(sys.executable).parent / "evalplus.codegen"), "--model", "demo"]
+    cmd += ["--backend", "routed", "--dataset", "humaneval", "--root", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"evalplus --backend routed: HUMANEVAL_OVERRIDE_PATH={tmp_path / 'HumanEvalPlus.jsonl'} "
+        "does not exist; fix the path or unset HUMANEVAL_OVERRIDE_PATH"
+    )
+    assert not (tmp_path / "out").exists()

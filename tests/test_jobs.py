@@ -7,6 +7,7 @@ import json
 import pytest
 from helpers import write_workspace
 
+from lm_eval_routed.config import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs import sweep
 from lm_eval_routed.jobs.leaderboard import build_rows, primary_metric, write_leaderboard
@@ -103,11 +104,11 @@ def test_sweep_refuses_two_configs_with_one_label(tmp_path):
     with pytest.raises(ConfigError, match="both labelled 'llm-only'; give each its own name="):
         sweep.run_sweep(configs, ["routed_demo"], tmp_path)
     named = [configs[0], {**configs[1], "name": "llm-only b=4"}]
-    sweep.check_labels([sweep.load_config(c) for c in named])
+    sweep.check_labels([load_config(c) for c in named])
     with pytest.raises(
         ConfigError, match="'llm-only' is listed twice; list each configuration once"
     ):
-        sweep.check_labels([sweep.load_config(configs[0])] * 2)
+        sweep.check_labels([load_config(configs[0])] * 2)
 
 
 def test_sweep_reloads_models_when_their_dtype_changes(make_runtime, monkeypatch):

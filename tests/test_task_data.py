@@ -11,6 +11,7 @@ import re
 import zlib
 
 import pytest
+from helpers import tree
 
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals.task_data import load_jsonl
@@ -57,13 +58,16 @@ def write(folder, name: str, lines: list) -> str:
     return str(path)
 
 
-def refused(monkeypatch, folder, name: str) -> str:
+def refused(monkeypatch, folder, name: str, **window) -> str:
+    """The one line loading task ``name`` from ``folder`` gets; the folder is left as it was."""
     monkeypatch.setenv("ROUTED_TASKS_DATA", str(folder))
     task, loader = LOADERS[name]
+    before = tree(folder)
     with pytest.raises(ConfigError) as err:
-        getattr(task_utils(task), loader)()
+        getattr(task_utils(task), loader)(**window)
     text = str(err.value)
-    assert "\n" not in text, text
+    assert "\n" not in text and "Traceback" not in text, text
+    assert tree(folder) == before
     return text
 
 
@@ -91,10 +95,11 @@ def _packed(data: bytes) -> str:
         ("aime24", [AIME, {"Problem": "x", "answer": "2"}], "line 2: field 'Problem' is spelled"),
         ("aime24", [AIME, {**AIME, "hint": "x"}], "line 2: field 'hint' is not on line 1"),
         ("aime24", [AIME, {"problem": 7, "answer": "2"}], "line 2: field 'problem' is a int"),
+        ("aime24", [AIME, {**AIME, "answer": ["42"]}], "line 2: field 'answer' is ['42'], not an"),
         (
             "aime24",
-            [AIME, {**AIME, "answer": ["42"]}],
-            "line 2: field 'answer' is a list but a str",
+            [{**AIME, "id": 1}, {**AIME, "id": [1]}],
+            "line 2: field 'id' is a list but a number",
         ),
         ("aime24", [AIME, {**AIME, "answer": 4}], "line 2: field 'answer' is a number but a str"),
         ("gpqa_diamond", [GPQA, {**GPQA, "Correct Answer": None}], "field 'Correct Answer' is"),
@@ -124,6 +129,49 @@ def _packed(data: bytes) -> str:
             "field 'metadata' names no func_name",
         ),
         ("livecodebench", [_lcb(metadata="{oops")], "field 'metadata' is not a JSON object"),
+        # a field missing or malformed is named as such, before the contest window selects rows
+        (
+            "livecodebench",
+            [LCB, _lcb(contest_date=None)],
+            "line 2: field 'contest_date' is missing",
+        ),
+        (
+            "livecodebench",
+            [_lcb(contest_date="01/09/2024")],
+            "line 1: field 'contest_date' is '01/09/2024', not an ISO date (YYYY-MM-DD",
+        ),
+        (
+            "livecodebench",
+            [_lcb(contest_date="2024-13-01")],
+            "field 'contest_date' is '2024-13-01'",
+        ),
+        (
+            "livecodebench",
+            [LCB, _lcb(contest_date=20240901)],
+            "line 2: field 'contest_date' is a n",
+        ),
+        (
+            "livecodebench",
+            [_lcb(public_test_cases="[{oops")],
+            "'public_test_cases' does not decode",
+        ),
+        ("livecodebench", [_lcb(public_test_cases='{"a": 1}')], "'public_test_cases' does not dec"),
+        ("livecodebench", [_lcb(metadata="[1]")], "field 'metadata' is not a JSON object"),
+        ("livecodebench", [_lcb(metadata='{"func_name": 3}')], "metadata' has func_name=3; give"),
+        ("livecodebench", [_lcb(question_content=" ")], "'question_content' must be non-empty t"),
+        ("livecodebench", [_lcb(starter_code=["x"])], "field 'starter_code' is a list, not text"),
+        (
+            "livecodebench",
+            [_lcb(public_test_cases=None, private_test_cases=None)],
+            "the problem has no tests",
+        ),
+        ("aime24", [AIME, {**AIME, "answer": "1/2"}], "line 2: field 'answer' is '1/2', not an i"),
+        ("aime24", [{**AIME, "answer": 4.5}], "line 1: field 'answer' is 4.5, not an integer"),
+        ("aime25", [{**AIME, "answer": True}], "field 'answer' is True, not an integer"),
+        ("aime25", [{"Problem": "1+1", "Answer": "two"}], "field 'Answer' is 'two', not an int"),
+        ("aime25", [{"problem": "1+1", "answer": ""}], "field 'answer' is '', not an integer"),
+        ("gpqa_diamond", [{**GPQA, "Incorrect Answer 2": 7}], "'Incorrect Answer 2' must be non-"),
+        ("gpqa_diamond", [GPQA, {**GPQA, "Question": ["?"]}], "line 2: field 'Question' must be"),
     ],
 )
 def test_bad_task_data_is_one_line_naming_file_line_and_field(
@@ -134,24 +182,74 @@ def test_bad_task_data_is_one_line_naming_file_line_and_field(
     assert needle in text and path in text, text
 
 
-def test_a_missing_file_and_a_file_that_is_not_utf8(tmp_path, monkeypatch):
-    assert "aime24.jsonl is not there" in refused(monkeypatch, tmp_path, "aime24")
-    (tmp_path / "aime24.jsonl").write_bytes(b'{"problem": "\xff", "answer": "1"}\n')
-    assert "is not UTF-8 text" in refused(monkeypatch, tmp_path, "aime24")
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_a_missing_empty_folder_or_binary_file(tmp_path, monkeypatch, name):
+    path = tmp_path / f"{name}.jsonl"
+    assert f"ROUTED_TASKS_DATA={tmp_path} but {name}.jsonl is not there; add it or unset" in (
+        refused(monkeypatch, tmp_path, name)
+    )
+    path.write_text("")
+    assert (
+        refused(monkeypatch, tmp_path, name)
+        == f"{path} holds no rows; write one JSON object per line"
+    )
+    path.write_bytes(b'{"problem": "\xff", "answer": "1"}\n')
+    assert f"{path} is not UTF-8 text (byte 13)" in refused(monkeypatch, tmp_path, name)
+    path.unlink()
+    path.mkdir()
+    assert refused(monkeypatch, tmp_path, name).startswith(f"{path} is a folder; ROUTED_TASKS_DATA")
+    elsewhere = tmp_path / "no_such_folder"
+    assert refused(monkeypatch, elsewhere, name).startswith(
+        f"ROUTED_TASKS_DATA={elsewhere} is not a folder; point it at the folder holding"
+    )
 
 
-def test_livecodebench_checks_only_problems_in_the_window(tmp_path, monkeypatch):
-    # a broken problem outside the contest window is never scored, so it does not stop the task
+@pytest.mark.parametrize(
+    "window,needle",
+    [
+        ({"start_date": "2024/08/01"}, "start_date='2024/08/01' is not an ISO day (YYYY-MM-DD)"),
+        ({"end_date": "soon"}, "end_date='soon' is not an ISO day"),
+        (
+            {"start_date": "2025-01-01", "end_date": "2024-01-01"},
+            "start_date=2025-01-01 is after end_date=2024-01-01",
+        ),
+    ],
+)
+def test_a_window_that_is_not_one(tmp_path, monkeypatch, window, needle):
+    write(tmp_path, "livecodebench", [LCB])
+    assert needle in refused(monkeypatch, tmp_path, "livecodebench", **window)
+
+
+def test_livecodebench_checks_every_row_of_a_file_before_the_window(tmp_path, monkeypatch):
+    # a broken problem outside the contest window is named, not silently dropped by the window
     old = _lcb(question_id="q0", contest_date="2023-01-01", private_test_cases="%%%")
-    write(tmp_path, "livecodebench", [old, LCB])
-    monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
-    docs = list(task_utils("livecodebench").load_livecodebench()["test"])
-    assert [d["question_id"] for d in docs] == ["q1"]
+    path = write(tmp_path, "livecodebench", [LCB, old])
+    text = refused(monkeypatch, tmp_path, "livecodebench")
+    assert text.startswith(f"{path} line 2: field 'private_test_cases' does not decode"), text
+
+
+def test_livecodebench_hub_rows_are_decoded_only_in_the_window(monkeypatch):
+    """The hub's problems outside the window are never decoded (their private tests run to
+    gigabytes), but every row's contest_date must still parse."""
+    import datasets
+
+    old = _lcb(question_id="q0", contest_date="2023-01-01", private_test_cases="%%%")
+    rows = [old, LCB]
+    monkeypatch.delenv("ROUTED_TASKS_DATA", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
+    lcb = task_utils("livecodebench")
+    assert [d["question_id"] for d in lcb.load_livecodebench()["test"]] == ["q1"]
+    rows = [_lcb(contest_date="01/09/2024"), LCB]
+    with pytest.raises(ConfigError) as err:
+        lcb.load_livecodebench()
+    assert str(err.value).startswith(
+        "lighteval/code_generation_lite row 0: field 'contest_date' is '01/09/2024', not an ISO"
+    ), err.value
 
 
 def test_good_files_load_with_every_row(tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTED_TASKS_DATA", str(tmp_path))
-    write(tmp_path, "aime24", ["", {**AIME, "answer": 42}, {"problem": "2+2", "answer": 4.5}, ""])
+    write(tmp_path, "aime24", ["", {**AIME, "answer": 42}, {"problem": "2+2", "answer": 4.0}, ""])
     rows = list(task_utils("aime").load_aime24()["test"])
     assert [r["problem"] for r in rows] == ["What is 20 + 22?", "2+2"]
     write(tmp_path, "gpqa_diamond", [GPQA, GPQA])
@@ -163,17 +261,36 @@ def test_the_committed_demo_data_passes_its_own_checks():
     assert len(rows["test"]) == 60
 
 
+DEMO = {"id": 99, "kind": "capital", "question": "Peru", "answer": "Lima"}
+COT = {"id": 99, "question": "Sam has 2 red cups and 3 blue cups. ...", "answer": 5}
+
+
 @pytest.mark.parametrize(
-    "line,needle",
-    [({"id": 99, "kind": "riddle", "question": "q", "answer": "a"}, "'kind' is 'riddle'")],
+    "loader,line,needle",
+    [
+        ("load_demo", {**DEMO, "kind": "riddle"}, "line 1: field 'kind' is 'riddle'; use one of"),
+        ("load_demo", {**DEMO, "kind": ["capital"]}, "field 'kind' is ['capital']; use one of"),
+        ("load_demo", {**DEMO, "answer": 3}, "line 1: field 'answer' must be non-empty text, n"),
+        ("load_demo", {**DEMO, "question": ""}, "field 'question' must be non-empty text"),
+        ("load_demo", {"id": 1, "kind": "capital"}, "field 'question' is missing or null"),
+        (
+            "load_demo_cot",
+            {**COT, "answer": "5"},
+            "line 1: field 'answer' is '5'; give the integer",
+        ),
+        ("load_demo_cot", {**COT, "answer": 5.5}, "field 'answer' is 5.5; give the integer"),
+        ("load_demo_cot", {**COT, "question": 12}, "field 'question' must be non-empty text"),
+    ],
 )
-def test_demo_rows_are_checked(tmp_path, monkeypatch, line, needle):
+def test_demo_rows_are_checked(tmp_path, monkeypatch, loader, line, needle):
     utils = task_utils("demo")
-    path = tmp_path / "demo.jsonl"
+    name = "demo.jsonl" if loader == "load_demo" else "demo_cot.jsonl"
+    path = tmp_path / name
     path.write_text(json.dumps(line) + "\n")
     monkeypatch.setattr(utils, "__file__", str(path))
-    with pytest.raises(ConfigError, match=needle):
-        utils.load_demo()
+    with pytest.raises(ConfigError) as err:
+        getattr(utils, loader)()
+    assert str(err.value).startswith(f"{path} line 1: ") and needle in str(err.value), err.value
 
 
 @pytest.mark.slow  # a fresh interpreter indexes every lm-eval task

@@ -26,6 +26,7 @@ import jsonlines
 from evalplus.provider.base import DecoderBase
 from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make_raw_chat_prompt
 
+from lm_eval_routed.adapters.evalplus_data import check_overrides
 from lm_eval_routed.adapters.joins import flat
 from lm_eval_routed.config import RUN_ONLY_KEYS, RoutedConfig, load_config, parse_arg_string
 from lm_eval_routed.core.rows import GenRequest
@@ -49,9 +50,9 @@ class RoutedDecoder(DecoderBase):
         **_: Any,
     ) -> None:
         cfg = _config(name, batch_size=batch_size)
-        cfg.check_room(
-            cfg.max_gen_toks
-        )  # every request asks for max_gen_toks: refused before loading
+        # every request asks for max_gen_toks: refused before loading, as a broken problem file is
+        cfg.check_room(cfg.max_gen_toks)
+        check_overrides(dataset)
         self.runtime = build_runtime(cfg)
         super().__init__(
             name=name,
@@ -222,6 +223,7 @@ def wrap_run_codegen(original):
         if given["backend"] == "routed":
             try:
                 cfg = _as_json(_config(given["model"]))
+                check_overrides(given["dataset"])  # before EvalPlus makes its output folders
             except ConfigError as err:
                 raise SystemExit(f"evalplus --backend routed: {err}") from None
             target = _target_path(given)

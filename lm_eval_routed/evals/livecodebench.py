@@ -21,6 +21,7 @@ import signal
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 
@@ -287,7 +288,26 @@ def load_problem_file(path: str) -> dict:
     return row
 
 
-def in_window(row: dict, start: str | None, end: str | None) -> bool:
-    """Whether the row's contest_date (ISO text, compared by day) lies in [start, end]."""
-    day = str(row.get("contest_date") or "")[:10]
-    return (not start or day >= start) and (not end or day <= end)
+def contest_day(row: dict) -> date:
+    """The day of the row's contest_date (ISO text, or a date the dataset already parsed); a
+    ValueError naming the field when it is missing or does not parse."""
+    value = row.get("contest_date")
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return datetime.fromisoformat(str(value).strip()).date()
+    except ValueError:
+        raise ValueError(
+            f"field 'contest_date' is {value!r}, not an ISO date (YYYY-MM-DD, optionally with "
+            "THH:MM:SS)"
+        ) from None
+
+
+def in_window(row: dict, start: str | date | None, end: str | date | None) -> bool:
+    """Whether the row's contest_date (compared by day) lies in [start, end] (ISO days)."""
+    day = contest_day(row)
+    lo = date.fromisoformat(str(start)) if start else None
+    hi = date.fromisoformat(str(end)) if end else None
+    return (lo is None or day >= lo) and (hi is None or day <= hi)

@@ -4,11 +4,15 @@ Every row is checked as it loads, so a bad file stops the task build with one li
 the line and the field, instead of a traceback from deep inside lm-eval, or a row quietly scored 0:
 a line that is not a JSON object, a required column missing (or null), a field whose spelling differs
 between rows (the dataset takes its columns from the first row and would drop the other), and what a
-task's own ``check_row`` refuses (LiveCodeBench: tests that do not decode, a problem with no tests).
+task's own ``check_row`` refuses (an AIME answer that is not an integer; LiveCodeBench: a contest_date
+that does not parse, tests that do not decode, a problem with no tests). Every row is checked before a
+task selects any (LiveCodeBench's contest window), so a broken row is named as broken, never reported
+as a window or filter that matched nothing.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -40,6 +44,13 @@ def load_rows(
     folder = os.environ.get(ENV)
     if folder:
         path = Path(folder) / f"{local_name}.jsonl"
+        if not Path(folder).is_dir():
+            raise ConfigError(
+                f"{ENV}={folder} is not a folder; point it at the folder holding {path.name} or "
+                f"unset {ENV}"
+            )
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; {ENV} needs {path.name} to be a JSONL file")
         if not path.is_file():
             raise ConfigError(f"{ENV}={folder} but {path.name} is not there; add it or unset {ENV}")
         return load_jsonl(path, columns, check_row)
@@ -89,13 +100,16 @@ def load_jsonl(
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) of each non-blank line; a line that is not a JSON object is one line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
+        # EvalPlus's problem files may come gzipped, as it writes and reads them
+        text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8")
+        lines = text.splitlines()
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8"
         ) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    except (OSError, EOFError) as err:  # gzip's errors included
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
     rows = []
     for line_no, line in enumerate(lines, 1):
         if not line.strip():

@@ -15,19 +15,24 @@ carry its ``cell`` tag and are dropped before it runs again, so the file holds e
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lm_eval_routed.adapters.joins import bare, records_by_sample
-from lm_eval_routed.config import Affects, RoutedConfig, effects, keys_affecting, load_config
+from lm_eval_routed.config import Affects, RoutedConfig, effects, keys_affecting
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.files import write_atomic
+from lm_eval_routed.jobs.matrix import (  # noqa: F401  (the checks, importable from here too)
+    check_labels,
+    check_tasks,
+    check_unique_tasks,
+    preflight_matrix,
+    slug,
+)
 from lm_eval_routed.loading.runtime import RoutedRuntime, build_runtime, with_costs
 
 if TYPE_CHECKING:
@@ -60,11 +65,6 @@ class Cell:
         return slug(self.cfg)
 
 
-def slug(cfg: RoutedConfig) -> str:
-    """A configuration's folder name under ``OUT/runs/``: its label, made path-safe."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.label).strip("_")
-
-
 def cell_path(out: Path, cell: Cell) -> Path:
     """Where a finished cell's summary JSON lives."""
     return out / "runs" / cell.slug / f"{cell.task}.json"
@@ -77,11 +77,11 @@ def run_sweep(
     base: dict[str, Any] | None = None,
     limit: int | None = None,
     include_path: str | None = None,
+    source: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (config, task) cell not already on disk; return all cell summaries."""
-    cfgs = [load_config({**(base or {}), **c}) for c in configs]
-    check_labels(cfgs)
-    check_unique_tasks(tasks)
+    """Run every (config, task) cell not already on disk; return all cell summaries. The whole
+    matrix is checked first (``preflight_matrix``; ``source``, the matrix file, starts its errors)."""
+    cfgs = preflight_matrix(configs, tasks, out, base, include_path, source)
     cells = [Cell(cfg, t) for cfg in cfgs for t in tasks]
     todo = [c for c in cells if not _done(out, c, limit)]
     if len(todo) < len(cells):
@@ -135,49 +135,6 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
         return None
     whole = isinstance(stored, dict) and {"config", "metrics", "accounting"} <= set(stored)
     return stored if whole else None
-
-
-def check_unique_tasks(tasks: list[str]) -> None:
-    """Refuse a task listed twice: both would write one cell."""
-    for i, task in enumerate(tasks):
-        if task in tasks[:i]:
-            raise ConfigError(f"task {task!r} is listed twice; list each task once")
-
-
-def check_tasks(tasks: list[str], known: list[str]) -> None:
-    """Refuse task names lm-eval does not know (a task YAML's path passes), naming the nearest."""
-    names = set(known)
-    for task in tasks:
-        if task not in names and not Path(task).is_file():
-            near = difflib.get_close_matches(task, known, n=3) or ["(none close)"]
-            raise ConfigError(
-                f"unknown task {task!r}; nearest: {', '.join(near)} "
-                "(`lm_eval ls tasks` lists them all)"
-            )
-
-
-def check_labels(cfgs: list[RoutedConfig]) -> None:
-    """Refuse two configurations that would share one results folder (and so one cell), and two
-    that are the same but for their name (the same scores twice)."""
-    seen: dict[str, RoutedConfig] = {}
-    for i, cfg in enumerate(cfgs):
-        folder = slug(cfg)
-        if folder in seen and seen[folder] == cfg:
-            raise ConfigError(
-                f"configuration {cfg.label!r} is listed twice; list each configuration once"
-            )
-        if folder in seen:
-            raise ConfigError(
-                f"two configurations of this sweep are both labelled {cfg.label!r}; "
-                "give each its own name= so their results do not overwrite each other"
-            )
-        seen[folder] = cfg
-        twin = next((c for c in cfgs[:i] if c.replace(name=None) == cfg.replace(name=None)), None)
-        if twin is not None:
-            raise ConfigError(
-                f"configurations {twin.label!r} and {cfg.label!r} differ only in their name, so "
-                "they would score the same thing twice; drop one or change a key"
-            )
 
 
 # what loading a pair depends on: configurations that agree on these share the loaded weights

@@ -13,6 +13,9 @@ pair and dtype) and ``write_leaderboard``'s (tables and a Pareto plot):
     tasks: [routed_demo]    # lm-eval task names or task YAML paths
     include_path: my_tasks/ # optional: a folder of more task YAMLs
     metric: exact_match     # optional: the leaderboard's metric (default: each task's first)
+
+Before any model loads, every configuration is built and every path the matrix names is checked
+(include_path, task YAML paths, config files, router checkpoints, model folders, --out).
 """
 
 from __future__ import annotations
@@ -21,45 +24,9 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from lm_eval_routed.errors import ConfigError
-
-_KEYS = {"base", "configs", "tasks", "include_path", "metric"}
-
-
-def read_matrix(path: Path) -> dict[str, Any]:
-    """The matrix file, checked: ``configs`` and ``tasks`` non-empty lists, no unknown keys."""
-    if not path.is_file():
-        raise ConfigError(f"matrix file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping with configs: and tasks:")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}"
-        )
-    configs, tasks = data.get("configs"), data.get("tasks")
-    if (
-        not configs
-        or not isinstance(configs, list)
-        or not all(isinstance(c, dict) for c in configs)
-    ):
-        raise ConfigError(f"{path}: configs: must be a list of model_args mappings, one per config")
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    if not tasks or not isinstance(tasks, list):
-        raise ConfigError(f"{path}: tasks: must list at least one lm-eval task")
-    base = data.get("base") or {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: base: must be a mapping of model_args")
-    return {**data, "base": base, "configs": configs, "tasks": [str(t) for t in tasks]}
+from lm_eval_routed.jobs.matrix import read_matrix
 
 
 def positive_int(text: str) -> int:
@@ -108,6 +75,7 @@ def main(argv: list[str]) -> int:
             base=matrix["base"],
             limit=args.limit,
             include_path=matrix.get("include_path"),
+            source=args.matrix,
         )
         board = write_leaderboard(summaries, out, metric=matrix.get("metric"))
     except ConfigError as err:

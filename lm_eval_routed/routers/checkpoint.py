@@ -92,8 +92,14 @@ def load(ref: str | None, kind: str) -> Loaded:
 
 def _folder_config(path: Path, kind: str) -> dict[str, Any]:
     cfg_file, weights = path / "config.json", path / "model.safetensors"
-    if not (cfg_file.is_file() and weights.is_file()):
-        raise ConfigError(f"{path} must hold config.json and model.safetensors")
+    for needed in (cfg_file, weights):
+        if needed.is_dir():
+            raise ConfigError(f"{needed} is a folder, not a file; restore the checkpoint's file")
+        if not needed.is_file():
+            raise ConfigError(
+                f"{path} has no {needed.name}; a router checkpoint folder holds config.json and "
+                "model.safetensors"
+            )
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as err:
@@ -198,9 +204,8 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any unpickling refusal is a user-facing file problem)
-        raise ConfigError(
-            f"{path} is not a weights-only torch checkpoint: {str(err).splitlines()[0]}"
-        ) from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path} is not a weights-only torch checkpoint: {first}") from None
 
 
 def _tensors(raw: Any, path: Path) -> dict[str, torch.Tensor]:

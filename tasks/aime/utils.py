@@ -21,6 +21,24 @@ COLUMNS = (("problem", "Problem"), ("answer", "Answer"))
 def _check_row(doc: dict) -> None:
     if not isinstance(_field(doc, "problem"), str):
         raise ValueError(f"field 'problem' is a {type(_field(doc, 'problem')).__name__}, not text")
+    answer = _field(doc, "answer")
+    if not _is_integer(answer):
+        name = "answer" if "answer" in doc else "Answer"
+        raise ValueError(
+            f"field {name!r} is {answer!r}, not an integer; an AIME answer is a whole number "
+            "(0 to 999)"
+        )
+
+
+def _is_integer(value) -> bool:
+    """An int, a whole float, or text of one (the hub's answers are text: "204")."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
 
 
 def load_aime24(**kwargs):

@@ -21,8 +21,15 @@ TEMPLATES = {
 
 
 def _check_row(doc: dict) -> None:
-    if doc["kind"] not in TEMPLATES:
+    if not isinstance(doc["kind"], str) or doc["kind"] not in TEMPLATES:
         raise ValueError(f"field 'kind' is {doc['kind']!r}; use one of: {', '.join(TEMPLATES)}")
+    _check_text(doc, "question", "answer")
+
+
+def _check_text(doc: dict, *names: str) -> None:
+    for name in names:
+        if not isinstance(doc[name], str) or not doc[name].strip():
+            raise ValueError(f"field {name!r} must be non-empty text, not {doc[name]!r}")
 
 
 def load_demo(**kwargs) -> dict[str, datasets.Dataset]:
@@ -96,6 +103,7 @@ ANSWER = re.compile(r"answer\s*:\s*\**\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?![\d,]*\.
 
 
 def _check_cot_row(doc: dict) -> None:
+    _check_text(doc, "question")
     if isinstance(doc["answer"], bool) or not isinstance(doc["answer"], int):
         raise ValueError(f"field 'answer' is {doc['answer']!r}; give the integer result")
 

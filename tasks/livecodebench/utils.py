@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import date
 
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals.livecodebench import (
     build_prompt,
+    contest_day,
     decode_tests,
     evaluate_many,
     func_name,
@@ -20,7 +22,7 @@ from lm_eval_routed.evals.scoring import (  # noqa: F401  (aggregations named in
     stderr_over_repeats,
     unwrap,
 )
-from lm_eval_routed.evals.task_data import load_rows
+from lm_eval_routed.evals.task_data import ENV, load_rows
 
 HUB_ID = "lighteval/code_generation_lite"  # parquet mirror: loads with datasets >= 4
 
@@ -31,10 +33,23 @@ def load_livecodebench(
     end_date: str | None = "2025-01-31",
     **kwargs,
 ):
-    """The release's problems whose contest_date lies in [start_date, end_date] (ISO days)."""
+    """The release's problems whose contest_date lies in [start_date, end_date] (ISO days).
+
+    Every row's fields are checked before the window selects any (a missing or unparseable
+    contest_date is named as such, not reported as an empty window). A local file's problems are
+    checked in full, tests decoded; the hub's only within the window, since decoding every private
+    test blob of a release takes minutes and one outside the window is never scored.
+    """
+    start, end = window_day(start_date, "start_date"), window_day(end_date, "end_date")
+    if start and end and start > end:
+        raise ConfigError(
+            f"start_date={start} is after end_date={end}; give the window's first day first"
+        )
+    local = bool(os.environ.get(ENV))
 
     def check(row: dict) -> None:
-        if in_window(row, start_date, end_date):
+        check_fields(row)
+        if local or in_window(row, start, end):
             check_problem(row)
 
     data = load_rows(
@@ -42,10 +57,10 @@ def load_livecodebench(
         HUB_ID,
         split="test",
         config=release_version,
-        columns=("question_content",),
+        columns=("question_content", "contest_date"),
         check_row=check,
     )["test"]
-    kept = data.filter(lambda row: in_window(row, start_date, end_date))
+    kept = data.filter(lambda row: in_window(row, start, end))
     if len(kept) == 0:
         raise ConfigError(
             f"no LiveCodeBench problem of {release_version} has a contest_date in "
@@ -53,6 +68,46 @@ def load_livecodebench(
             '\'{"start_date": "2023-05-01", "end_date": "2025-12-31"}\''
         )
     return {"test": kept}
+
+
+def window_day(value, key: str) -> date | None:
+    """A window bound (``--metadata``'s start_date or end_date) as a day; None for no bound."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip()[:10])
+    except ValueError:
+        raise ConfigError(
+            f"{key}={value!r} is not an ISO day (YYYY-MM-DD); fix it in --metadata"
+        ) from None
+
+
+def check_fields(row: dict) -> None:
+    """The fields every row must have right, whether or not the window selects it: a contest_date
+    that parses, text where text goes, a metadata that is a JSON object. Raises ValueError naming
+    the field."""
+    contest_day(row)
+    if not isinstance(row["question_content"], str) or not row["question_content"].strip():
+        raise ValueError(
+            f"field 'question_content' must be non-empty text, not {row['question_content']!r}"
+        )
+    for field in ("starter_code", "question_id"):
+        if row.get(field) is not None and not isinstance(row[field], str):
+            raise ValueError(f"field {field!r} is a {type(row[field]).__name__}, not text")
+    for field in ("public_test_cases", "private_test_cases"):
+        if row.get(field) is not None and not isinstance(row[field], str | list):
+            raise ValueError(
+                f"field {field!r} is a {type(row[field]).__name__}; give a JSON list of tests "
+                "(or the hub's encoded text)"
+            )
+    try:
+        name = func_name(row)
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"field 'metadata' is not a JSON object ({err})") from None
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"field 'metadata' has func_name={name!r}; give the function's name")
 
 
 def check_problem(row: dict) -> None:
