@@ -207,5 +207,3 @@ def check_labels(cfgs: list[RoutedConfig]) -> None:
                 f"configurations {twin.label!r} and {cfg.label!r} differ only in their name, so "
                 "they would score the same thing twice; drop one or change a key"
             )
-
-
