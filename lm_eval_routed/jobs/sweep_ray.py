@@ -108,6 +108,7 @@ def run_on_ray(plan: SweepPlan, options: RayOptions) -> list[CellFailure]:
 
 
 def _dispatch(ray: Any, plan: SweepPlan, options: RayOptions) -> list[CellFailure]:
+    """Submit every cell at once (Ray queues what the cluster cannot hold yet); wait for them all."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     has_gpus = any(n.get("GPU", 0) > 0 for n in nodes)
     needs = {c.tag: resources(c.cfg, has_gpus, options.cpus_per_cell) for c in plan.todo}
