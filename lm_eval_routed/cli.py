@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lm_eval_routed.jobs.sweep_cli:main",
         "score a matrix of configs x tasks (resumable), then a leaderboard",
     ),
+    "leaderboard": (
+        "lm_eval_routed.jobs.merge:main",
+        "one leaderboard over many sweeps and lm-eval runs",
+    ),
     "diff": (
         "lm_eval_routed.jobs.diff_cli:main",
         "compare runs document by document: flips, paired CIs, accounting deltas",

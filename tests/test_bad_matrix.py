@@ -15,7 +15,7 @@ import pytest
 from helpers import tree
 
 from lm_eval_routed.cli import main
-from lm_eval_routed.jobs import sweep
+from lm_eval_routed.jobs import cell as cellmod
 from lm_eval_routed.jobs.matrix import preflight_matrix
 from lm_eval_routed.paths import router_ckpts_dir
 
@@ -43,7 +43,7 @@ def place(tmp_path, monkeypatch):
         raise AssertionError("the sweep got past its pre-flight")
 
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", past)
-    monkeypatch.setattr(sweep, "build_runtime", past)
+    monkeypatch.setattr(cellmod, "build_runtime", past)
     monkeypatch.chdir(tmp_path)  # relative paths in a matrix are the user's working folder's
     return tmp_path
 

@@ -11,7 +11,7 @@ import pytest
 from lm_eval_routed import config_table
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import RUN_ONLY_KEYS, Affects, RoutedConfig, effects, load_config
-from lm_eval_routed.jobs import sweep
+from lm_eval_routed.jobs import cell, summaries
 
 # A value away from each field's default, to see what changing the key changes.
 OTHER = {
@@ -65,12 +65,12 @@ def test_a_key_names_a_run_exactly_when_it_affects_the_output(key):
 
 def test_the_sweep_shares_a_load_across_exactly_the_loading_keys(monkeypatch):
     built = []
-    monkeypatch.setattr(sweep, "build_runtime", lambda cfg, **kw: built.append(kw) or _Runtime(cfg))
-    monkeypatch.setattr(sweep, "with_costs", lambda cfg, costs: cfg)
+    monkeypatch.setattr(cell, "build_runtime", lambda cfg, **kw: built.append(kw) or _Runtime(cfg))
+    monkeypatch.setattr(cell, "with_costs", lambda cfg, costs: cfg)
     shared = _Runtime(RoutedConfig())
     for key in OTHER:
         built.clear()
-        sweep._runtime_for(_changed(key), shared)
+        cell.runtime_for(_changed(key), shared)
         reloaded = built == [{}]
         assert reloaded == (Affects.LOADING in effects()[key]), key
 
@@ -83,7 +83,7 @@ class _Runtime:
 
 def test_a_cell_records_its_settings_as_json_reads_them_back():
     cfg = load_config({"router": "random", "p": "0.2", "cost_slm": "0.1:0.01", "cost_llm": "0:0"})
-    stored = sweep._config_dict(cfg)
+    stored = summaries.config_dict(cfg)
     assert json.loads(json.dumps(stored)) == stored  # a resumed cell compares equal to itself
     assert stored["cost_slm"] == [0.1, 0.01] and stored["p"] == 0.2
     # speed keys travel with the cell's latency, placement keys do not

@@ -9,7 +9,8 @@ from helpers import write_workspace
 
 from lm_eval_routed.config import load_config
 from lm_eval_routed.errors import ConfigError
-from lm_eval_routed.jobs import sweep
+from lm_eval_routed.jobs import cell as cellmod
+from lm_eval_routed.jobs import summaries, sweep
 from lm_eval_routed.jobs.leaderboard import build_rows, primary_metric, write_leaderboard
 
 
@@ -47,7 +48,7 @@ def test_sweep_resumes_and_leaderboard_writes(workspace, tmp_path, monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(sweep, "_run_cell", must_not_run)
+    monkeypatch.setattr(sweep, "run_cell", must_not_run)
     again = sweep.run_sweep(
         configs,
         ["tiny_routed"],
@@ -86,7 +87,7 @@ def test_sweep_refuses_an_unknown_task_before_loading(workspace, tmp_path, monke
     def must_not_load(*a, **k):
         raise AssertionError("models were loaded for a sweep that cannot run")
 
-    monkeypatch.setattr(sweep, "build_runtime", must_not_load)
+    monkeypatch.setattr(cellmod, "build_runtime", must_not_load)
     with pytest.raises(ConfigError, match="unknown task 'tiny_rooted'; nearest: tiny_routed"):
         sweep.run_sweep(
             [{"router": "llm-only"}],
@@ -114,9 +115,9 @@ def test_sweep_refuses_two_configs_with_one_label(tmp_path):
 def test_sweep_reloads_models_when_their_dtype_changes(make_runtime, monkeypatch):
     shared = make_runtime(router="llm-only")
     loaded = []
-    monkeypatch.setattr(sweep, "build_runtime", lambda cfg, **kw: loaded.append(kw) or shared)
-    sweep._runtime_for(shared.cfg.replace(router="random"), shared)
-    sweep._runtime_for(shared.cfg.replace(slm_dtype="bfloat16"), shared)
+    monkeypatch.setattr(cellmod, "build_runtime", lambda cfg, **kw: loaded.append(kw) or shared)
+    cellmod.runtime_for(shared.cfg.replace(router="random"), shared)
+    cellmod.runtime_for(shared.cfg.replace(slm_dtype="bfloat16"), shared)
     assert [bool(kw) for kw in loaded] == [True, False]  # weights reused, then loaded afresh
 
 
@@ -134,16 +135,16 @@ def test_join_keeps_every_repeat_of_a_sample():
     """A task with repeats samples several answers per doc: each one's accounting is kept and counted."""
 
     def record(doc: int, repeat: int, tokens: int, scored_by: str = "generate") -> dict:
-        fields = dict.fromkeys(sweep.SUMMARY_FIELDS, 0.0) | {"tokens": tokens}
+        fields = dict.fromkeys(summaries.SUMMARY_FIELDS, 0.0) | {"tokens": tokens}
         return {**fields, "scored_by": scored_by, "key": {"doc_id": doc, "repeat": repeat}}
 
     records = [record(0, 1, 30), record(1, 0, 5), record(0, 0, 10), record(1, 0, 99, "llm")]
     samples = [{"doc_id": 0, "acc": 1.0}, {"doc_id": 1, "acc": 0.0}, {"doc_id": 2, "acc": 0.0}]
-    rows = sweep._join(samples, records)
+    rows = cellmod.join_samples(samples, records)
     assert [[r["tokens"] for r in row["routed"]] for row in rows] == [[10, 30], [5], []]
     assert "key" not in rows[0]["routed"][0] and rows[0]["metrics"] == {"acc": 1.0}
     # the run's summary averages generations: (10 + 30 + 5) / 3
-    assert sweep.summarize([r for row in rows for r in row["routed"]])["tokens"] == 15.0
+    assert summaries.summarize([r for row in rows for r in row["routed"]])["tokens"] == 15.0
 
 
 def test_primary_metric_picks_value_and_stderr():

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from lm_eval_routed.adapters.joins import records_by_sample
-from lm_eval_routed.jobs import sweep
+from lm_eval_routed.jobs import cell
 
 
 def docs(prompts: list[str], repeats: int = 1) -> dict[int, list[dict]]:
@@ -73,7 +73,7 @@ def test_sweep_lines_keep_every_repeats_text_beside_its_record():
         "filtered_resps": [" four"],
         "exact_match": 0.0,
     }
-    (line,) = sweep._join([sample], recs)
+    (line,) = cell.join_samples([sample], recs)
     assert line["responses"] == [" four", " 4"] and [r["tokens"] for r in line["routed"]] == [5, 7]
     assert line["target"] == "4" and line["filter"] == "none" and line["response"] == " four"
 

@@ -19,15 +19,18 @@ import yaml
 from helpers import write_workspace
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import write_atomic
+from lm_eval_routed.jobs import cell as cellmod
 from lm_eval_routed.jobs import sweep
 from lm_eval_routed.jobs.leaderboard import build_rows, to_markdown
+from lm_eval_routed.jobs.summaries import config_dict
 
 PINNED = {"cost_slm": "0:0", "cost_llm": "0:0"}
 
 
 @pytest.fixture
 def no_models(monkeypatch):
-    monkeypatch.setattr(sweep, "build_runtime", lambda *a, **k: pytest.fail("models loaded"))
+    monkeypatch.setattr(cellmod, "build_runtime", lambda *a, **k: pytest.fail("models loaded"))
 
 
 @pytest.mark.parametrize(
@@ -73,14 +76,14 @@ def _fake_cell(calls):
         summary = {
             "label": cell.cfg.label,
             "task": cell.task,
-            "config": sweep._config_dict(cell.cfg),
+            "config": config_dict(cell.cfg),
             "metrics": {"exact_match,none": 1.0},
             "n_samples": 1,
             "limit": limit,
             "accounting": {},
         }
         sweep.cell_path(out, cell).parent.mkdir(parents=True, exist_ok=True)
-        sweep.write_atomic(sweep.cell_path(out, cell), json.dumps(summary))
+        write_atomic(sweep.cell_path(out, cell), json.dumps(summary))
 
     return run
 
@@ -93,9 +96,9 @@ def test_a_half_written_cell_is_scored_again(tmp_path, monkeypatch, left):
     import lm_eval.tasks
 
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", FakeTasks)
-    monkeypatch.setattr(sweep, "_runtime_for", lambda cfg, shared: None)
+    monkeypatch.setattr(sweep, "runtime_for", lambda cfg, shared: None)
     calls: list[str] = []
-    monkeypatch.setattr(sweep, "_run_cell", _fake_cell(calls))
+    monkeypatch.setattr(sweep, "run_cell", _fake_cell(calls))
     path = tmp_path / "runs" / "llm-only" / "t.json"
     path.parent.mkdir(parents=True)
     path.write_text(left)
@@ -107,10 +110,10 @@ def test_a_half_written_cell_is_scored_again(tmp_path, monkeypatch, left):
 
 def test_write_atomic_leaves_the_old_file_or_the_new(tmp_path, monkeypatch):
     path = tmp_path / "cell.json"
-    sweep.write_atomic(path, "old")
+    write_atomic(path, "old")
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):
-        sweep.write_atomic(path, "new" * 1000)
+        write_atomic(path, "new" * 1000)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["cell.json"]
 
 
@@ -120,12 +123,12 @@ def test_drop_records_removes_the_cells_own_and_a_torn_line(tmp_path):
     other = {"cell": "b/t", "config": "b", "doc_id": 0}
     lines = [json.dumps(other), json.dumps(mine), "not json, someone else's", json.dumps(mine)]
     path.write_text("\n".join(lines) + "\n" + '{"cell": "a/t", "doc_')
-    sweep.drop_records(path, "a/t")
+    cellmod.drop_records(path, "a/t")
     assert path.read_text() == json.dumps(other) + "\nnot json, someone else's\n"
     before = path.read_bytes()
-    sweep.drop_records(path, "c/t")  # nothing of c's: the file is left as it is
+    cellmod.drop_records(path, "c/t")  # nothing of c's: the file is left as it is
     assert path.read_bytes() == before
-    sweep.drop_records(tmp_path / "absent.jsonl", "a/t")
+    cellmod.drop_records(tmp_path / "absent.jsonl", "a/t")
 
 
 def test_a_pinned_zero_cost_does_not_crash_the_leaderboard():
@@ -274,5 +277,5 @@ def test_write_atomic_clears_what_a_killed_writer_left(tmp_path):
     path = tmp_path / "t.json"
     (tmp_path / ".t.json.4242.tmp").write_text('{"half')
     (tmp_path / ".other.json.4242.tmp").write_text("another file's")
-    sweep.write_atomic(path, "{}")
+    write_atomic(path, "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.4242.tmp", "t.json"]

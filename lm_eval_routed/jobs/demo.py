@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.jobs.launch import SweepIncomplete
 from lm_eval_routed.jobs.leaderboard import write_leaderboard
 from lm_eval_routed.jobs.sweep import run_sweep
 from lm_eval_routed.jobs.sweep_cli import job_logging, positive_int
@@ -101,6 +102,9 @@ def main(argv: list[str]) -> int:
         for router in routers:  # each control on its router's task only: shares differ by task
             control = matched_control(router, lambda cfg, t=router["task"]: run([cfg], [t])[0])
             summaries.append({**control, "control_of": router["label"]})
+    except SweepIncomplete as err:
+        print(f"lm-eval-routed demo: {err}", file=sys.stderr)
+        return 1
     except ConfigError as err:
         print(f"lm-eval-routed demo: {err}", file=sys.stderr)
         return 2

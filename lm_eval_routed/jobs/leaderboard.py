@@ -57,7 +57,9 @@ def primary_metric(
 
 def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> list[dict[str, Any]]:
     """One row per (config, task); speedups are against the llm-only row of the same task."""
-    base = {s["task"]: s["accounting"] for s in summaries if s["config"]["router"] == "llm-only"}
+    base = {
+        s["task"]: s["accounting"] for s in summaries if s["config"].get("router") == "llm-only"
+    }
     rows = []
     for s in summaries:
         _, value, stderr = primary_metric(s["metrics"], metric)

@@ -84,7 +84,8 @@ def pareto_figure(rows: list[dict[str, Any]]):
     from matplotlib.lines import Line2D
 
     tasks = sorted({r["task"] for r in rows})
-    views = [v for v in COST_VIEWS if any(r.get(v[0]) is not None for r in rows)]
+    # rows with no accounting (a plain lm-eval run) still get a panel, empty, beside the table
+    views = [v for v in COST_VIEWS if any(r.get(v[0]) is not None for r in rows)] or [COST_VIEWS[0]]
     marks = entries(rows)
     ncol = 2 if max((len(e.label) for e in marks.values()), default=0) > 40 else 3
     legend_h = 0.25 + 0.19 * math.ceil(len(marks) / ncol)

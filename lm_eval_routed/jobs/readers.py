@@ -65,7 +65,7 @@ def _read_lm_eval(path: Path, metric: str | None) -> Run | None:
             f"{results} has no samples_*_{date}.jsonl beside it; rerun lm_eval with --log_samples"
         )
     routed = _dated(folder, "routed_", date)
-    run = Run(_lm_eval_label(summary, folder), results, Source.LM_EVAL)
+    run = Run(lm_eval_label(summary, folder), results, Source.LM_EVAL)
     run.info = summary.get("config", {}).get("routed") or {}
     for task, file in sorted(samples.items()):
         key = pick_metric(summary.get("results", {}).get(task, {}), metric)
@@ -105,7 +105,7 @@ def _dated(folder: Path, prefix: str, date: str) -> dict[str, Path]:
     }
 
 
-def _lm_eval_label(summary: dict[str, Any], folder: Path) -> str:
+def lm_eval_label(summary: dict[str, Any], folder: Path) -> str:
     """A routed run's configuration label (as in leaderboards), else its model_args, else the folder."""
     args = summary.get("config", {}).get("model_args")
     if isinstance(args, str):

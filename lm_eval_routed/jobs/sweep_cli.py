@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.jobs.launch import Launcher, SweepIncomplete
 from lm_eval_routed.jobs.matrix import read_matrix
 
 
@@ -59,11 +60,28 @@ def main(argv: list[str]) -> int:
     ap.add_argument("matrix", type=Path, help="YAML file: base, configs, tasks (see above)")
     ap.add_argument("--out", type=Path, help="output folder (default: runs/<matrix file name>)")
     ap.add_argument("--limit", type=positive_int, help="score only the first N docs of each task")
+    ap.add_argument(
+        "--launcher",
+        choices=[x.value for x in Launcher],
+        default=Launcher.SEQUENTIAL.value,
+        help="sequential: this process, one cell after another (default); ray: each cell one Ray "
+        "task, on a local cluster or the one at --address (pip install 'lm-eval-routed[ray]')",
+    )
+    ap.add_argument("--address", help="ray: an existing cluster's address (e.g. auto, HOST:6379)")
+    ap.add_argument(
+        "--cpus-per-cell", type=positive_int, help="ray: CPUs each cell asks for (default 1)"
+    )
     args = ap.parse_args(argv)
     job_logging()
+    launcher = Launcher(args.launcher)
+    if launcher is not Launcher.RAY and (args.address or args.cpus_per_cell):
+        flag = "--address" if args.address else "--cpus-per-cell"
+        print(f"lm-eval-routed sweep: {flag} applies to --launcher ray only", file=sys.stderr)
+        return 2
 
     from lm_eval_routed.jobs.leaderboard import write_leaderboard
     from lm_eval_routed.jobs.sweep import run_sweep
+    from lm_eval_routed.jobs.sweep_ray import RayOptions
 
     out = args.out or Path("runs") / args.matrix.stem
     try:
@@ -76,8 +94,15 @@ def main(argv: list[str]) -> int:
             limit=args.limit,
             include_path=matrix.get("include_path"),
             source=args.matrix,
+            launcher=launcher,
+            ray=RayOptions(args.address, args.cpus_per_cell or 1),
         )
         board = write_leaderboard(summaries, out, metric=matrix.get("metric"))
+    except SweepIncomplete as err:
+        if err.summaries:  # the cells that finished still make a (partial) leaderboard
+            write_leaderboard(err.summaries, out, metric=matrix.get("metric"))
+        print(f"lm-eval-routed sweep: {err}", file=sys.stderr)
+        return 1
     except ConfigError as err:
         print(f"lm-eval-routed sweep: {err}", file=sys.stderr)
         return 2
