@@ -430,7 +430,10 @@ def test_models_handed_in_are_checked_against_the_tokenizer(pair, tokenizer):
         ({"temperature": -0.5}, "temperature=-0.5"),
         ({"temperature": math.nan}, "temperature=nan"),
         ({"top_p": 0}, "top_p=0"),
-        ({"top_k": -1}, "top_k=-1 (from --gen_kwargs or the task's generation_kwargs) must be a whole"),
+        (
+            {"top_k": -1},
+            "top_k=-1 (from --gen_kwargs or the task's generation_kwargs) must be a whole",
+        ),
         ({"top_k": 2.5}, "top_k=2.5"),
         ({"top_k": "ten"}, "top_k='ten'"),
         ({"top_p": 1.5}, "top_p=1.5"),

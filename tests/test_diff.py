@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import require
 from run_fixtures import (
     P_LLM,
     P_SLM,
@@ -42,7 +43,7 @@ def test_mcnemar_exact_matches_the_binomial_sum_by_hand(lost, gained, want):
 
 
 def test_mcnemar_agrees_with_scipy_and_survives_thousands_of_pairs():
-    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy not installed")
+    scipy_stats = require("scipy.stats")
     for lost, gained in [(4, 11), (30, 52), (3000, 3100), (0, 1200)]:
         want = scipy_stats.binomtest(lost, lost + gained, 0.5).pvalue
         assert mcnemar_exact(lost, gained) == pytest.approx(want, rel=1e-9, abs=1e-300)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import require
 
 from lm_eval_routed.config import ConfigError
 from lm_eval_routed.evals import cgroups, sandbox
@@ -151,7 +152,7 @@ def test_isolation_is_complete_here_and_recorded_in_verdicts():
 
 
 def test_numpy_is_importable_when_the_grader_has_it():
-    pytest.importorskip("numpy")
+    require("numpy")
     res = run("import numpy as np\nprint(int(np.arange(10).sum()))\n")
     assert res.ok and res.stdout == "45\n", res
 
