@@ -176,6 +176,12 @@ def test_a_cuda_device_that_is_not_there():
         ({"temperature": -0.5}, "temperature=-0.5"),
         ({"temperature": math.nan}, "temperature=nan"),
         ({"top_p": 0}, "top_p=0"),
+        (
+            {"top_k": -1},
+            "top_k=-1 (from --gen_kwargs or the task's generation_kwargs) must be a whole",
+        ),
+        ({"top_k": 2.5}, "top_k=2.5"),
+        ({"top_k": "ten"}, "top_k='ten'"),
         ({"top_p": 1.5}, "top_p=1.5"),
         ({"until": 5}, "until=5"),
         ({"until": ["\n", 3]}, "must be a string or a list of strings"),

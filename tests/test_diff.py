@@ -6,10 +6,10 @@ import csv
 import io
 import json
 import math
-import time
 
 import numpy as np
 import pytest
+from helpers import require
 from run_fixtures import (
     P_LLM,
     P_SLM,
@@ -42,7 +42,7 @@ def test_mcnemar_exact_matches_the_binomial_sum_by_hand(lost, gained, want):
 
 
 def test_mcnemar_agrees_with_scipy_and_survives_thousands_of_pairs():
-    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy not installed")
+    scipy_stats = require("scipy.stats")
     for lost, gained in [(4, 11), (30, 52), (3000, 3100), (0, 1200)]:
         want = scipy_stats.binomtest(lost, lost + gained, 0.5).pvalue
         assert mcnemar_exact(lost, gained) == pytest.approx(want, rel=1e-9, abs=1e-300)
@@ -340,7 +340,8 @@ def test_evalplus_runs_pair_by_task_id(tmp_path, capsys):
     )
 
 
-def test_thousands_of_samples_in_seconds(tmp_path, capsys):
+def test_thousands_of_samples_pair_every_flip(tmp_path, capsys):
+    # its speed is scripts/bench_diff.py's to measure, on these same runs
     rng = np.random.default_rng(0)
     n = 5000
     right = rng.random(n) < 0.6
@@ -351,13 +352,11 @@ def test_thousands_of_samples_in_seconds(tmp_path, capsys):
         for i in range(n)
     ]
     a, b = write_lm_eval(tmp_path / "a", base), write_lm_eval(tmp_path / "b", run)
-    start = time.perf_counter()
     (report,) = diff_json(capsys, a, b, "--flips")
-    elapsed = time.perf_counter() - start
-    print(f"diff of 2 x {n} samples (40 tokens each, --flips): {elapsed:.2f} s")
-    assert report["tasks"][0]["n"] == n
-    assert len(report["tasks"][0]["lost"]) + len(report["tasks"][0]["gained"]) == flips.sum()
-    assert elapsed < 60  # a sanity bound on a shared machine, not a benchmark
+    (task,) = report["tasks"]
+    assert task["n"] == n
+    assert sorted(task["lost"]) == sorted(int(i) for i in np.flatnonzero(flips & right))
+    assert sorted(task["gained"]) == sorted(int(i) for i in np.flatnonzero(flips & ~right))
 
 
 def test_sweep_cells_written_before_lines_kept_every_text(tmp_path, capsys):

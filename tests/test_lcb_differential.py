@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import lcb_reference as ref
 import pytest
+from helpers import missing, require
 
 from lm_eval_routed.evals.lcb_grading import HEADER, decode_result, parse_expected, values_equal
 from lm_eval_routed.evals.livecodebench import RUNNER, evaluate_code, evaluate_many
@@ -174,7 +175,7 @@ def test_numpy_results_compare_as_the_official_grader_does(tmp_path):
 
     These are the suite's own programs, run outside the sandbox, whose interpreter may lack numpy.
     """
-    pytest.importorskip("numpy")
+    require("numpy")
     (tmp_path / "runner.py").write_text(RUNNER)
     (tmp_path / "header.py").write_text(HEADER)
     for program, reference in zip(NUMPY_CASES, _reference(NUMPY_CASES)):
@@ -193,7 +194,7 @@ def test_numpy_results_compare_as_the_official_grader_does(tmp_path):
 def test_numpy_in_the_sandbox():
     res = run_sandboxed({}, [program_python(), "-c", "import numpy"], limits=LIMITS)
     if not res.ok:
-        pytest.skip(f"the sandbox's interpreter {program_python()} has no numpy")
+        missing(f"the sandbox's interpreter {program_python()} has no numpy: {res}")
     program = NUMPY_CASES[0]
     assert evaluate_code(program.row(), program.code, limits=LIMITS).passed
 

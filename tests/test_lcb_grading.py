@@ -16,6 +16,7 @@ from fractions import Fraction
 
 import lcb_reference as ref
 import pytest
+from helpers import require
 
 from lm_eval_routed.evals import lcb_child
 from lm_eval_routed.evals.lcb_grading import (
@@ -126,7 +127,7 @@ def test_malformed_results_are_refused():
 
 
 def test_results_cannot_make_the_harness_allocate():
-    pytest.importorskip("numpy")
+    require("numpy")
     huge = decode_result('{"a": ["V1000000000", [1], [0]]}')  # a gigabyte per item
     assert repr(huge).startswith("<numpy.ndarray V1000000000") and huge != [0]
     assert decode_result('{"n": ["V1000000000", 0]}') != 0

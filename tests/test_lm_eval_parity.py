@@ -231,7 +231,7 @@ def two_cli_runs(workspace, tmp_path_factory):
         out,
         f"{first},engine=hf",
         *("--tasks", "tiny_routed", "--batch_size", "auto", "--verbosity", "DEBUG"),
-        *("--gen_kwargs", "top_k=5"),
+        *("--gen_kwargs", "min_p=0.05"),
     )
     second = ",".join(f"{k}={v}" for k, v in pair_args(workspace, router="slm-only").items())
     cli(workspace, out, second, "--tasks", "tiny_routed", "--batch_size", "2")
@@ -245,7 +245,7 @@ def test_log_lines_go_through_lm_evals_log_and_warn_once(two_cli_runs):
         r"^\d{4}-\d\d-\d\d:\d\d:\d\d:\d\d LEVEL +\[lm_eval_routed\.adapters\.lm_eval_model:\d+\] "
     )
     info = re.findall(line.replace("LEVEL", "INFO") + r"routed: batch_size=auto -> 8", stderr, re.M)
-    ignored = re.findall(line.replace("LEVEL", "WARNING") + r".*\['top_k'\]", stderr, re.M)
+    ignored = re.findall(line.replace("LEVEL", "WARNING") + r".*\['min_p'\]", stderr, re.M)
     assert len(info) == 1, stderr[-3000:]
     assert len(ignored) == 1, stderr[-3000:]  # once per run, not once per request (3 here)
     assert stderr.count("routed ignores generation kwargs") == 1

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
 def python(code: str) -> str:
@@ -35,14 +40,20 @@ def test_plain_start_up_imports_nothing_heavy():
 
 @pytest.mark.slow  # a fresh interpreter indexes every lm-eval task
 def test_project_tasks_visible_without_include_path():
+    # every task and group the shipped YAML files name, read here without lm-eval's loader
+    names = {
+        m.group(1)
+        for path in TASKS.rglob("*.yaml")
+        for m in re.finditer(r"^(?:task|group): (\S+)", path.read_text(), re.M)
+    }
+    assert {"routed_demo", "routed_aime24", "routed_reasoning"} <= names
     out = python(
+        "import json\n"
         "from lm_eval.tasks import TaskManager\n"
-        "from lm_eval_routed.paths import tasks_dir\n"
-        "tm = TaskManager()\n"
-        "names = [p.stem for p in tasks_dir().rglob('*.yaml')]\n"
-        "print(bool(names) and any(n in tm.all_tasks for n in names) or not names)"
+        f"names = {sorted(names)!r}\n"
+        "print(json.dumps([n for n in names if n not in TaskManager().all_tasks]))"
     )
-    assert out == "True"
+    assert json.loads(out) == [], f"not visible without --include_path: {out}"
 
 
 def test_start_up_hook_imports_nothing_but_itself():

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import require
 
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.evals import cgroups, sandbox
@@ -151,7 +152,7 @@ def test_isolation_is_complete_here_and_recorded_in_verdicts():
 
 
 def test_numpy_is_importable_when_the_grader_has_it():
-    pytest.importorskip("numpy")
+    require("numpy")
     res = run("import numpy as np\nprint(int(np.arange(10).sum()))\n")
     assert res.ok and res.stdout == "45\n", res
 
@@ -434,7 +435,8 @@ def test_run_ends_when_the_program_does_not_when_its_pipes_do(pidfd, monkeypatch
     if not pidfd:  # kernels before 5.3: the harness polls the launcher instead
         monkeypatch.setattr(capture, "_pidfd", lambda pid: None)
     res = run("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(0.5)\nos._exit(3)\n")
-    assert res.returncode == 3 and not res.timed_out and 0.5 < res.wall_s < 1.8, res
+    # it ended with the program (exit code 3, no timeout), not when its pipes closed (before 0.5 s)
+    assert res.returncode == 3 and not res.timed_out and res.wall_s >= 0.5, res
     res = run("import sys\nprint(sys.stdin.read()[::-1])\n", stdin="abc" * 100_000)
     assert res.ok and res.stdout == "cba" * 100_000 + "\n"
     assert run("while True:\n    pass\n", Limits(wall_s=0.5)).timed_out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -30,11 +31,12 @@ def test_token_entropies_are_normalized_and_positionwise(pair, tokenizer):
     text = tokenizer(" there", add_special_tokens=False)["input_ids"]
     ent = token_entropies(slm, tokenizer, [prompt, prompt], [text, []])
     assert ent.shape == (len(text),)  # the empty text adds nothing
-    logits = slm(torch.tensor([prompt + text])).logits[0, len(prompt) - 1]
-    p = logits.detach().softmax(-1)
-    expected = float(-(p * p.log()).sum() / math.log(98))
-    assert float(ent[0]) == pytest.approx(expected, rel=1e-4)
-    assert bool(((ent >= 0) & (ent <= 1)).all())
+    # each position predicting a token of the text, by hand: entropy over log(V)
+    with torch.no_grad():
+        logits = slm(torch.tensor([prompt + text])).logits[0, len(prompt) - 1 : -1].double()
+    p = logits.softmax(-1)
+    expected = -(p * p.log()).sum(-1) / math.log(98)
+    assert ent.double().tolist() == pytest.approx(expected.tolist(), rel=1e-4)
 
 
 def test_least_squares_recovers_known_constants():
@@ -45,16 +47,56 @@ def test_least_squares_recovers_known_constants():
     assert r2 == pytest.approx(1.0)
 
 
-def test_fit_latency_on_a_tiny_model(pair):
+def test_fit_latency_recovers_the_timers_constants(pair, monkeypatch):
+    # a timer that says prefill(n, kv) = 0.002 + 0.0005 n + 1e-6 n kv seconds; decode is its n = 1
+    monkeypatch.setattr(
+        calibrate,
+        "_timed_forward",
+        lambda model, n, kv, repeats: 0.002 + 0.0005 * n + 1e-6 * n * kv,
+    )
+    fit = fit_latency(pair[1], ns=(1, 8, 32), kvs=(0, 16, 64), repeats=1)
+    want = {"fixed_s": 0.002, "per_token_s": 0.0005, "per_token_kv_s": 1e-6, "r2": 1.0}
+    assert fit["prefill"] == pytest.approx(want, rel=1e-6)
+    assert fit["decode"] == pytest.approx({"fixed_s": 0.0025, "per_kv_s": 1e-6, "r2": 1.0})
+    assert [(m["n"], m["kv"]) for m in fit["measured"]] == [
+        (n, kv) for n in (1, 8, 32) for kv in (0, 16, 64)
+    ]
+    assert calibrate.cost_pair(fit) == "0.002:0.0005"
+
+
+def test_cost_pair_clamps_a_negative_fit_to_zero():
+    fit = {"prefill": {"fixed_s": -0.001, "per_token_s": 0.00025}}
+    assert calibrate.cost_pair(fit) == "0:0.00025"
+    fit = {"prefill": {"fixed_s": 0.004, "per_token_s": -1e-9}}
+    assert calibrate.cost_pair(fit) == "0.004:0"
+
+
+def test_fit_latency_times_a_real_model(pair):
     fit = fit_latency(pair[1], ns=(1, 8), kvs=(0, 16), repeats=1)
-    assert set(fit) == {"prefill", "decode", "measured"} and len(fit["measured"]) == 4
+    assert [(m["n"], m["kv"]) for m in fit["measured"]] == [(1, 0), (1, 16), (8, 0), (8, 16)]
     assert all(m["s"] > 0 for m in fit["measured"])
-    assert set(fit["prefill"]) == {"fixed_s", "per_token_s", "per_token_kv_s", "r2"}
-    fixed, per_token = (float(x) for x in calibrate.cost_pair(fit).split(":"))
-    assert fixed >= 0 and per_token >= 0
 
 
-def test_cli_writes_a_config_the_plugin_accepts(tmp_path, pair, tokenizer, capsys):
+def hand_entropies(slm, tokenizer, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """Normalized entropy of the SLM's prediction of each text token after its prompt."""
+    out = []
+    for prompt, text in pairs:
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = slm(torch.tensor([p_ids + t_ids])).logits[0, len(p_ids) - 1 : -1]
+        p = logits.double().softmax(-1)
+        out += (-(p * p.log()).sum(-1) / math.log(p.shape[-1])).tolist()
+    return np.array(out)
+
+
+def test_cli_writes_a_config_the_plugin_accepts(tmp_path, pair, tokenizer, capsys, monkeypatch):
+    # a timer with known constants: the latency fit, and so cost_slm, is exact
+    monkeypatch.setattr(
+        calibrate,
+        "_timed_forward",
+        lambda model, n, kv, repeats: 0.003 + 0.0002 * n + 1e-7 * n * kv,
+    )
     pair[0].save_pretrained(tmp_path / "slm")
     tokenizer.save_pretrained(tmp_path / "slm")
     data = tmp_path / "cal.jsonl"
@@ -80,13 +122,16 @@ def test_cli_writes_a_config_the_plugin_accepts(tmp_path, pair, tokenizer, capsy
     ]
     assert calibrate.main(argv) == 0
     cfg = load_config(config=str(out))
-    details = json.loads(out.with_suffix(".json").read_text())
-    assert cfg.router == "entropy" and cfg.cost_slm is not None
-    assert cfg.threshold == pytest.approx(details["entropy"]["thresholds"]["0.25"], abs=1e-6)
-    assert details["entropy"]["tokens"] == 4 * len(" answer 0.")
-    assert abs(details["entropy"]["share_above"]["0.5"] - 0.5) < 0.05
-    nats = details["entropy"]["thresholds_nats"]["0.5"]
-    assert nats == pytest.approx(details["entropy"]["thresholds"]["0.5"] * math.log(98))
-    assert "slm" in yaml.safe_load(out.read_text())
+    details = json.loads(out.with_suffix(".json").read_text())["entropy"]
+    ent = hand_entropies(pair[0], tokenizer, [(f"Q{i}:", f" answer {i}.") for i in range(4)])
+    # the threshold for share s is the (1 - s) quantile of the entropies (linear interpolation)
+    q25, q50 = np.quantile(ent, 0.75), np.quantile(ent, 0.5)
+    assert cfg.router == "entropy" and cfg.cost_slm == pytest.approx((0.003, 0.0002))
+    assert cfg.threshold == pytest.approx(q25, abs=1e-6)  # the first share's, written to 6 places
+    assert details["tokens"] == len(ent) == 4 * len(" answer 0.")
+    assert details["thresholds"]["0.5"] == pytest.approx(q50, abs=1e-6)
+    assert details["share_above"]["0.5"] == float((ent > q50).mean())
+    assert details["thresholds_nats"]["0.5"] == pytest.approx(q50 * math.log(98), abs=1e-5)
+    assert yaml.safe_load(out.read_text())["slm"] == str(tmp_path / "slm")
     assert calibrate.main(["entropy", *argv[1:4], str(tmp_path / "missing.jsonl"), *argv[5:]]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+import torch.nn.functional as F
 
 from lm_eval_routed.config import load_config
 from lm_eval_routed.routers.base import StepView, make_router
@@ -105,11 +106,25 @@ def test_citer_rounds_label_train_and_load(tmp_path, pair, tokenizer, monkeypatc
     assert cfg["round"] == 1 and cfg["kind"] == "citer"
     assert (tmp_path / "w" / "router-r0" / "model.safetensors").is_file()
     assert json.loads((out / "config.json").read_text()) == cfg
-    router = make_router("citer", load_config(router="citer", router_ckpt=str(out)), slm)
-    assert router.threshold == cfg["threshold"]
-    assert router.route(
-        StepView(torch.randn(2, 98), torch.randn(2, 64), torch.tensor([3, 4]))
-    ).shape == (2,)
+    # the stored weights through CITER's network written out by hand: Linear, BatchNorm (running
+    # statistics), ReLU, Linear, then Linear(h, 1) and a sigmoid; below the threshold goes to the LLM
+    w = citer.load_file(out / "model.safetensors")
+    hidden = torch.randn(16, 64, generator=torch.Generator().manual_seed(4))
+    x = F.linear(hidden, w["mlp.0.weight"], w["mlp.0.bias"])
+    x = F.batch_norm(
+        x, w["mlp.1.running_mean"], w["mlp.1.running_var"], w["mlp.1.weight"], w["mlp.1.bias"]
+    )
+    x = F.linear(F.relu(x), w["mlp.4.weight"], w["mlp.4.bias"])
+    confidence = torch.sigmoid(F.linear(x, w["linear.weight"], w["linear.bias"])).flatten()
+    view = StepView(torch.randn(16, 98), hidden, torch.zeros(16, dtype=torch.long))
+    low, high = confidence.sort().values[7:9].tolist()
+    middle = (low + high) / 2  # a threshold at which both decisions occur, away from any score
+    for threshold in (cfg["threshold"], middle):
+        args = {"router": "citer", "router_ckpt": str(out), "threshold": str(threshold)}
+        router = make_router("citer", load_config(args), slm)
+        assert router.route(view).tolist() == (confidence < threshold).tolist(), threshold
+    default = make_router("citer", load_config(router="citer", router_ckpt=str(out)), slm)
+    assert default.threshold == cfg["threshold"]
 
     def refuse(*args, **kwargs):
         raise AssertionError("finished work was redone")

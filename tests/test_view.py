@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import write_workspace
+from helpers import missing, write_workspace
 from run_fixtures import Sample, record, write_lm_eval
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -298,7 +298,7 @@ def test_lm_eval_runs_diff_and_view_end_to_end(tmp_path):
 def test_the_page_renders_in_a_headless_browser(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium to run this check)")
+        missing("no chromium on this machine (apt-get install chromium to run this check)")
     run = write_lm_eval(tmp_path / "run", TRICKY)
     render(tmp_path, str(run))
     cmd = [

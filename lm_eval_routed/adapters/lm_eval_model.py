@@ -45,7 +45,7 @@ from lm_eval_routed.loading.runtime import (
 
 log = logging.getLogger(__name__)
 
-_GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
+_GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
 
 
 class RoutedLM(TemplateLM):
@@ -276,6 +276,7 @@ class RoutedLM(TemplateLM):
             stop=tuple(until),
             do_sample=do_sample,
             temperature=temperature or 1.0,
+            top_k=int(kwargs.get("top_k") or 0),
             top_p=float(kwargs.get("top_p", 1.0) or 1.0),
             seed=sample_seed(self.seed, key["prompt_hash"], key["repeat"]),
             key=key,

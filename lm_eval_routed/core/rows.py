@@ -20,6 +20,7 @@ class GenRequest:
     stop: tuple[str, ...] = ()
     do_sample: bool = False
     temperature: float = 1.0
+    top_k: int = 0  # keep the k most likely tokens (ties at the k-th all stay); 0 keeps all
     top_p: float = 1.0
     seed: int = 0  # per-sample: sampling and random routing never depend on the batch
     key: dict = field(default_factory=dict)  # accounting key (task, doc_id, repeat, prompt_hash)
@@ -27,6 +28,14 @@ class GenRequest:
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError("GenRequest needs at least one prompt token (e.g. the BOS token)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(
+                f"GenRequest top_k={self.top_k!r} must be a whole number >= 0 (0: off)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"GenRequest top_p={self.top_p!r} must be in (0, 1]")
+        if not self.temperature > 0:
+            raise ValueError(f"GenRequest temperature={self.temperature!r} must be > 0")
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,11 @@ def check_gen_kwargs(kwargs: dict[str, Any]) -> None:
     temperature = kwargs.get("temperature")
     if temperature is not None and not (_finite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature={temperature!r} {where} must be a number >= 0")
+    top_k = kwargs.get("top_k")
+    if top_k is not None and not (_finite(top_k) and float(top_k).is_integer() and top_k >= 0):
+        raise ConfigError(
+            f"top_k={top_k!r} {where} must be a whole number >= 0 (0 keeps every token)"
+        )
     top_p = kwargs.get("top_p")
     if top_p is not None and not (_finite(top_p) and 0 < top_p <= 1):
         raise ConfigError(f"top_p={top_p!r} {where} must be a number in (0, 1]")
