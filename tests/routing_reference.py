@@ -3,8 +3,8 @@
 For every generated position the reference calls each Hugging Face model on the whole prefix (prompt +
 the tokens committed before it: one plain forward, no cache, none of the project's engines), then
 checks that the token there is the argmax of the model the sample's record says wrote it, and that the
-routing rule of /work/shared/METHODS.md, recomputed here from that plain forward (entropy, R2R's and
-CITER's networks written out from their weights), sends the position to that model.
+routing rule as the papers state it (R2R, R-Stitch, CITER), recomputed here from that plain forward
+(entropy, R2R's and CITER's networks written out from their weights), sends the position there.
 
 A decision within ``TIE`` of its threshold, or a token within ``TIE`` of another's logit, is counted as
 a tie and accepted either way: the decoder's engines (prepacked kernels, packed rows) round differently
@@ -85,7 +85,7 @@ def normalized_entropy(logits: Tensor) -> float:
     return entropy_nats(logits) / math.log(logits.shape[-1])
 
 
-# -- the routing rules of METHODS.md, each on the plain SLM forward at a position ---------------------
+# -- the papers' routing rules, each on the plain SLM forward at a position ---------------------
 
 Rule = Callable[[Plain], Decision]
 
@@ -115,7 +115,7 @@ def _layer_norm(x: Tensor, w: dict[str, Tensor], name: str) -> Tensor:
 
 
 def r2r_score(w: dict[str, Tensor], hidden: Tensor, token_emb: Tensor, logits: Tensor) -> float:
-    """R2R's network (METHODS.md) from its weights: top-k raw logits sorted, projected to H;
+    """R2R's network (arXiv 2505.21600) from its weights: top-k raw logits sorted, projected to H;
     [hidden, token embedding, projection] -> width; pre-LayerNorm residual GELU MLP blocks; LayerNorm;
     Linear -> 1. Dropout is off at inference."""
     k = w["logit_proj.weight"].shape[1]
@@ -144,7 +144,7 @@ def r2r_rule(w: dict[str, Tensor], embedding: Tensor, threshold: float) -> Rule:
 
 
 def citer_score(w: dict[str, Tensor], hidden: Tensor) -> float:
-    """CITER's MLP (METHODS.md): Linear(h, 2h), BatchNorm (running statistics), ReLU, Linear(2h, h),
+    """CITER's MLP (arXiv 2502.01976): Linear(h, 2h), BatchNorm (running statistics), ReLU, Linear(2h, h),
     Linear(h, 1); dropout off at inference."""
     x = _linear(hidden.double(), w, "mlp.0")
     mean, var = w["mlp.1.running_mean"].double(), w["mlp.1.running_var"].double()
