@@ -3,12 +3,14 @@
 Each run's samples are replayed by ``routing_reference``: every token must be the argmax of the model
 its record names, given the committed prefix, and the router's rule recomputed from the plain SLM
 forward (the LLM's, for R-Stitch's hand-back) must send the position to that model. The second half
-breaks the decoder on purpose (a cache short of a token, a decision one position late) and checks
-that the replay fails, on both engines, at batch 1 and 8.
+breaks the decoder on purpose (either model's catch-up short of a token, the SLM's cache holding its
+own token where the LLM wrote, a decision or a hand-back one position late) and checks that the
+replay fails, on both engines, at batch 1 and 8.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,6 +25,7 @@ from routing_reference import (
     replay,
     stitch_rule,
 )
+from safetensors.torch import load_file
 
 from lm_eval_routed.accounting import Model
 from lm_eval_routed.config import load_config
@@ -52,7 +55,8 @@ ENTROPY_TOKEN_TAU, STITCH_TAU, R2R_THRESHOLD, CITER_THRESHOLD = 3.6, 0.8, 0.5, 0
 
 @dataclass
 class Ckpt:
-    """A small random router saved as a checkpoint folder, with the weights it holds."""
+    """A small random router saved as a checkpoint folder, and the weights the folder holds (read
+    back with safetensors, for the reference's own forward)."""
 
     folder: str
     weights: dict[str, torch.Tensor] = field(repr=False)
@@ -72,7 +76,7 @@ def r2r_ckpt(tmp_path_factory, pair):
     folder = tmp_path_factory.mktemp("r2r")
     cfg = {"kind": "r2r", "hidden_size": 64, "vocab_size": 98, "threshold": 0.5, **sizes}
     checkpoint.save(folder, net, cfg)
-    return Ckpt(str(folder), {k: v.clone() for k, v in net.state_dict().items()})
+    return Ckpt(str(folder), load_file(folder / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def citer_ckpt(tmp_path_factory, pair):
         net.mlp[1].running_var.uniform_(0.5, 2.0)
     folder = tmp_path_factory.mktemp("citer")
     checkpoint.save(folder, net, {"kind": "citer", "hidden_size": 64, "threshold": 0.5})
-    return Ckpt(str(folder), {k: v.clone() for k, v in net.state_dict().items()})
+    return Ckpt(str(folder), load_file(folder / "model.safetensors"))
 
 
 def case(router: str, pair, r2r_ckpt: Ckpt, citer_ckpt: Ckpt) -> tuple[dict, Routing]:
@@ -178,16 +182,26 @@ def test_guessed_positions_replay_as_if_the_row_had_waited(pair, tokenizer, plai
 
 # -- the replay has teeth: the decoder broken on purpose fails it -----------------------------------
 
+Injection = Callable[[RoutedRuntime, pytest.MonkeyPatch], None]
 
-def llm_catch_up_skips_a_token(rt: RoutedRuntime, monkeypatch) -> None:
-    """The LLM's catch-up leaves the second of its tokens out of the cache, which counts it as held."""
-    forward = rt.decoder.llm.forward
 
-    def skipping(cache, rows, lengths, tokens, **kwargs):
-        tokens = [t[:1] + t[2:] if held and len(t) > 1 else t for t, held in zip(tokens, lengths)]
-        return forward(cache, rows, lengths, tokens, **kwargs)
+def catch_up_skips_a_token(model: Model) -> Injection:
+    """``model``'s catch-up over several tokens leaves the second out of its cache, which counts it
+    as held (the SLM catches up over several tokens after an R-Stitch span: the LLM's tokens)."""
 
-    monkeypatch.setattr(rt.decoder.llm, "forward", skipping)
+    def inject(rt: RoutedRuntime, monkeypatch) -> None:
+        engine = rt.decoder.slm if model is Model.SLM else rt.decoder.llm
+        forward = engine.forward
+
+        def skipping(cache, rows, lengths, tokens, **kwargs):
+            tokens = [
+                t[:1] + t[2:] if held and len(t) > 1 else t for t, held in zip(tokens, lengths)
+            ]
+            return forward(cache, rows, lengths, tokens, **kwargs)
+
+        monkeypatch.setattr(engine, "forward", skipping)
+
+    return inject
 
 
 def slm_cache_keeps_its_own_token(rt: RoutedRuntime, monkeypatch) -> None:
@@ -226,25 +240,6 @@ def decision_one_position_late(rt: RoutedRuntime, monkeypatch) -> None:
     monkeypatch.setattr(MixedDecoder, "_route", late)
 
 
-BUGS = {
-    "llm catch-up skips a token": (llm_catch_up_skips_a_token, "argmax"),
-    "slm cache keeps its own token": (slm_cache_keeps_its_own_token, "argmax"),
-    "decision one position late": (decision_one_position_late, "the rule gives it"),
-}
-
-
-@pytest.mark.parametrize("engine", ["native", "hf"])
-@pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("bug", list(BUGS))
-def test_a_broken_decoder_fails_the_replay(pair, tokenizer, plain, monkeypatch, bug, batch, engine):
-    tau = ENTROPY_TOKEN_TAU
-    rt = runtime(pair, tokenizer, batch, router="entropy-token", threshold=str(tau), engine=engine)
-    inject, symptom = BUGS[bug]
-    inject(rt, monkeypatch)
-    found = generate_and_replay(rt, tokenizer, plain, Routing(token=entropy_token_rule(tau)))
-    assert any(symptom in m for m in found.mismatches), found.mismatches[:5]
-
-
 def hand_back_one_token_late(rt: RoutedRuntime, monkeypatch) -> None:
     """R-Stitch's LLM keeps control one token past where its rule hands it back."""
     earlier: dict[torch.Generator, bool] = {}  # the rule's answer at the row's previous LLM token
@@ -263,9 +258,43 @@ def hand_back_one_token_late(rt: RoutedRuntime, monkeypatch) -> None:
     monkeypatch.setattr(rt.router, "keep_llm", late)
 
 
+@dataclass(frozen=True)
+class Bug:
+    """A bug put into the decoder, the router it shows under, and what the replay reports."""
+
+    inject: Injection
+    router: str
+    symptom: str
+
+
+TOKEN_ARGMAX = "argmax"  # a token that is not its writer's argmax
+WRONG_WRITER = "the rule gives it"  # a position the rule gives to the other model
+BUGS = {
+    "llm-catch-up-skips-a-token": Bug(
+        catch_up_skips_a_token(Model.LLM), "entropy-token", TOKEN_ARGMAX
+    ),
+    "slm-catch-up-skips-an-llm-token": Bug(
+        catch_up_skips_a_token(Model.SLM), "entropy", TOKEN_ARGMAX
+    ),
+    "slm-cache-keeps-its-own-token": Bug(
+        slm_cache_keeps_its_own_token, "entropy-token", TOKEN_ARGMAX
+    ),
+    "decision-one-position-late": Bug(decision_one_position_late, "entropy-token", WRONG_WRITER),
+    "hand-back-one-token-late": Bug(hand_back_one_token_late, "entropy", WRONG_WRITER),
+}
+RULES = {
+    "entropy-token": (ENTROPY_TOKEN_TAU, Routing(token=entropy_token_rule(ENTROPY_TOKEN_TAU))),
+    "entropy": (STITCH_TAU, Routing(stitch=stitch_rule(STITCH_TAU))),
+}
+
+
+@pytest.mark.parametrize("engine", ["native", "hf"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_a_late_hand_back_fails_the_replay(pair, tokenizer, plain, monkeypatch, batch):
-    rt = runtime(pair, tokenizer, batch, router="entropy", threshold=str(STITCH_TAU))
-    hand_back_one_token_late(rt, monkeypatch)
-    found = generate_and_replay(rt, tokenizer, plain, Routing(stitch=stitch_rule(STITCH_TAU)))
-    assert any("the rule gives it to the slm" in m for m in found.mismatches), found.mismatches[:5]
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_a_broken_decoder_fails_the_replay(pair, tokenizer, plain, monkeypatch, bug, batch, engine):
+    broken = BUGS[bug]
+    tau, routing = RULES[broken.router]
+    rt = runtime(pair, tokenizer, batch, router=broken.router, threshold=str(tau), engine=engine)
+    broken.inject(rt, monkeypatch)
+    found = generate_and_replay(rt, tokenizer, plain, routing)
+    assert any(broken.symptom in m for m in found.mismatches), found.mismatches[:5]
