@@ -1,5 +1,6 @@
 """lm-eval's own entry points over `routed`, flag by flag: data parallelism, --seed, --use_cache, its
-log, its output folders, simple_evaluate's samples, and rolling scores equal to its `hf` model's."""
+log, its output folders, simple_evaluate's samples, and scores equal to its `hf` model's (rolling
+log-likelihoods, greedy generation, multiple choice)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import lm_eval
 import pytest
-from helpers import char_tokenizer, tiny_llama, write_workspace
+import torch
+from helpers import MC_TASK, char_tokenizer, tiny_llama, write_workspace
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
+from transformers import AutoModelForCausalLM
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
 from lm_eval_routed.config import RoutedConfig, load_config
@@ -316,3 +319,69 @@ def test_rolling_loglikelihood_equals_hf_under_prepack(workspace):
     got = [s["resps"][0][0] for s in ours["samples"]["tiny_rolling"]]
     want = [s["resps"][0][0] for s in theirs["samples"]["tiny_rolling"]]
     assert got == want  # bit for bit
+
+
+# -- 8. routed llm-only scores what lm-eval's hf model scores --------------------------------------
+
+GREEDY_TASK = """\
+task: tiny_greedy
+dataset_path: json
+dataset_kwargs:
+  data_files: {data}
+test_split: train
+output_type: generate_until
+doc_to_text: "{{{{q}}}}"
+doc_to_target: "{{{{a}}}}"
+generation_kwargs:
+  until: [".", "]"]
+  max_gen_toks: 12
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_llm_only_scores_and_answers_as_lm_evals_hf_model(workspace, tmp_path):
+    """Greedy generation and multiple choice: the same responses, sample by sample, and the same
+    scores. The generation task's targets are the LLM's own greedy answers (transformers' generate,
+    cut at the first stop string) for half the documents, so its score is not 0 by default; its stop
+    strings (characters this LLM writes) cut most answers short."""
+    llm = AutoModelForCausalLM.from_pretrained(workspace / "llm", dtype=torch.float32).eval()
+    tok = char_tokenizer()
+    docs = []
+    for i, q in enumerate(["Q: 1+1\nA:", "The cat", "x", "Once upon a time"]):
+        ids = torch.tensor([tok(q)["input_ids"]])
+        out = llm.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=1, pad_token_id=1)
+        answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        answer = answer.split(".")[0].split("]")[0]  # the text ends before its first stop string
+        docs.append({"q": q, "a": answer if i % 2 == 0 else answer + "#", "t": i % 2})
+    (tmp_path / "tasks").mkdir()
+    data = tmp_path / "greedy.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "tasks" / "greedy.yaml").write_text(GREEDY_TASK.format(data=data))
+    # multiple choice over the same questions, the right choice alternating between the two
+    mc = MC_TASK.replace("tiny_routed_mc", "tiny_choice").replace(
+        "doc_to_target: 0", "doc_to_target: t"
+    )
+    (tmp_path / "tasks" / "mc.yaml").write_text(mc.format(data=data))
+    tasks = ["tiny_greedy", "tiny_choice"]
+    args = pair_args(workspace, router="llm-only")
+    ours = evaluate(tmp_path, args, tasks, limit=4, batch_size=2)
+    theirs = evaluate(
+        tmp_path,
+        {"pretrained": str(workspace / "llm"), "dtype": "float32"},
+        tasks,
+        model="hf",
+        limit=4,
+        batch_size=1,
+        device="cpu",
+    )
+    for task, metric in (("tiny_greedy", "exact_match,none"), ("tiny_choice", "acc,none")):
+        got = [s["resps"] for s in ours["samples"][task]]
+        want = [s["resps"] for s in theirs["samples"][task]]
+        assert got == want, task  # texts, and log-likelihoods bit for bit
+        assert ours["results"][task][metric] == theirs["results"][task][metric]
+    assert [s["resps"][0][0] for s in ours["samples"]["tiny_greedy"]] == [
+        d["a"] if i % 2 == 0 else d["a"][:-1] for i, d in enumerate(docs)
+    ]
+    assert ours["results"]["tiny_greedy"]["exact_match,none"] == 0.5
