@@ -417,7 +417,7 @@ def load_config(args: dict[str, Any] | None = None, **overrides: Any) -> RoutedC
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, raw in merged.items():
-        if key in knobs and reads is not None and key not in reads:
+        if key in knobs and key not in reads:
             if key in given and _coerce_known(key, raw) not in (None, _default(key)):
                 raise ConfigError(_unread(key, raw, router, reads))
             log.info("router=%s does not read %s; dropped", router, key)

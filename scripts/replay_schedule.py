@@ -35,7 +35,9 @@ from lm_eval_routed.core.accounting import CostModel, ParamSizes
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import ForwardOut
 from lm_eval_routed.core.rows import GenRequest
+from lm_eval_routed.core.schedule import Schedule, decode_options
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.routers.base import RouterKind
 from lm_eval_routed.routers.static import Random
 
 EOS = 1
@@ -107,8 +109,13 @@ def replay(
         args.costs,
         params=ParamSizes(1, 1),
         eos_ids={EOS},
-        llm_min_batch=1 if lockstep else args.llm_min_batch,
-        riding=not lockstep and not args.no_lookahead,
+        options=decode_options(
+            RouterKind.TOKEN,
+            Schedule.LOCKSTEP if lockstep else Schedule.PAUSE,
+            args.llm_min_batch,
+            0,
+            not args.no_lookahead,
+        ),
     )
     decoder.trace = []
     reqs = [GenRequest([2 + i] * PROMPT, tokens, seed=draw * n + i) for i in range(n)]

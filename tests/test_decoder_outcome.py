@@ -52,14 +52,14 @@ def row(prompt: int = 3, committed: int = 2, budget: int = 10) -> Row:
 
 def test_where_the_llm_is_asked_and_what_it_is_fed():
     r = row()  # 5 committed tokens (3 prompt + 2)
-    r.held[Model.LLM] = 3
+    r.cached[Model.LLM] = 3
     assert r.unseen(Model.LLM) == [50, 51]
     assert r.asked() == [1]  # the last fed token predicts the next position
     r.unchecked.tokens, r.unchecked.guesses = [60, 61, 62], [0, 2]  # guesses at positions 5 and 7
     assert r.unseen(Model.LLM) == [50, 51, 60, 61, 62]
     # position 5 is predicted by fed index 1 (position 4), position 7 by fed index 3
     assert r.asked() == [1, 3]
-    r.held[Model.SLM] = 6  # the SLM holds one unchecked token already
+    r.cached[Model.SLM] = 6  # the SLM holds one unchecked token already
     assert r.unseen(Model.SLM) == [61, 62]
 
 

@@ -86,7 +86,7 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
     def row_with(left: int, unseen: int) -> Row:
         req = GenRequest(prompt_ids=[1], max_new_tokens=100)
         row = Row(0, req, 0, [1] + [0] * (100 - left), None, None)  # type: ignore[arg-type]
-        row.held[Model.LLM] = len(row.seq) - unseen
+        row.cached[Model.LLM] = len(row.seq) - unseen
         return row
 
     dec = make_runtime(router="random", p="0.05", batch_size=8).decoder  # LLM 10 ms + 1 ms/token
@@ -101,7 +101,7 @@ def test_a_row_rides_while_the_wait_it_may_save_outweighs_the_tokens_it_may_wast
     assert dec.riding.rides(row_with(left=1, unseen=5), dec.counters)
     unseen_by_the_llm = row_with(left=67, unseen=5)
     # it would feed its prompt: it waits for its first routed one
-    unseen_by_the_llm.held[Model.LLM] = 0
+    unseen_by_the_llm.cached[Model.LLM] = 0
     assert not dec.riding.rides(unseen_by_the_llm, dec.counters)
     dec.riding.enabled = False
     assert not dec.riding.rides(row_with(left=67, unseen=5), dec.counters)

@@ -155,8 +155,8 @@ class RowKVCache:
         """
         assert rows == sorted(rows) and len(set(rows)) == len(rows), "rows: ascending, unique"
         spans, offset = [], 0
-        for slot, held, new in zip(rows, lengths, counts):
-            kv = held + new
+        for slot, cached, new in zip(rows, lengths, counts):
+            kv = cached + new
             assert new > 0 and kv <= self.capacity, f"slot {slot}: {kv} tokens > {self.capacity}"
             spans.append(Span(slot, offset, new, kv))
             offset += new

@@ -83,11 +83,15 @@ _SHARED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 def packed_weight(weight: Tensor) -> PackedWeight:
     """The packed copy of ``weight``: the one another layer reads if it is current, else a new one."""
     ref = _SHARED.get(weight)
-    held = ref() if ref is not None else None
-    if held is None or held.stamp != weight_stamp(weight) or held.packed.dtype != weight.dtype:
-        held = PackedWeight(pack(weight), weight_stamp(weight))
-        _SHARED[weight] = weakref.ref(held)
-    return held
+    packed_w = ref() if ref is not None else None
+    if (
+        packed_w is None
+        or packed_w.stamp != weight_stamp(weight)
+        or packed_w.packed.dtype != weight.dtype
+    ):
+        packed_w = PackedWeight(pack(weight), weight_stamp(weight))
+        _SHARED[weight] = weakref.ref(packed_w)
+    return packed_w
 
 
 class PackedLinear(nn.Linear):
@@ -103,10 +107,14 @@ class PackedLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)  # moved, or training: the plain path
         if x.dtype != self.weight.dtype or not supported(x.dtype):
             return F.linear(x, self.weight, self.bias)  # cast: the plain path
-        held = self.__dict__.get(_HELD)
-        if held is None or held.stamp != weight_stamp(self.weight) or held.packed.dtype != x.dtype:
-            held = self.__dict__[_HELD] = packed_weight(self.weight)
-        return packed_linear(x, held.packed, self.bias)
+        packed_w = self.__dict__.get(_HELD)
+        if (
+            packed_w is None
+            or packed_w.stamp != weight_stamp(self.weight)
+            or packed_w.packed.dtype != x.dtype
+        ):
+            packed_w = self.__dict__[_HELD] = packed_weight(self.weight)
+        return packed_linear(x, packed_w.packed, self.bias)
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())

@@ -33,7 +33,7 @@ from lm_eval_routed.core.outcome import Outcome, RowFacts, outcome
 from lm_eval_routed.core.riding import Riding
 from lm_eval_routed.core.rows import GenRequest, GenResult, Row, charge, empty_result
 from lm_eval_routed.core.sampling import choose
-from lm_eval_routed.core.schedule import LLMSchedule, end_lag
+from lm_eval_routed.core.schedule import DecodeOptions, LLMSchedule, end_lag
 from lm_eval_routed.routers.base import Router, RouterKind, StepView
 
 
@@ -49,19 +49,19 @@ class MixedDecoder:
         costs: CostModel,
         params: ParamSizes,
         eos_ids: set[int],
-        llm_min_batch: int = 0,
-        guess_ahead: int = 0,
-        riding: bool = True,
+        options: DecodeOptions,
     ) -> None:
         self.slm, self.llm, self.router = slm, llm, router
         self.tokenizer, self.costs = tokenizer, costs
         self.params = params  # charged per token
         self.eos_ids = eos_ids
         self.kind = router.kind
-        self.schedule = LLMSchedule(costs, llm_min_batch)
+        self.options = options
+        self.schedule = LLMSchedule(costs, options.llm_min_batch)
         token = router.kind is RouterKind.TOKEN
-        self.guessing = Guessing(guess_ahead if token else 0)
-        self.riding = Riding(riding and router.kind is not RouterKind.SPECULATIVE, costs)
+        assert token or not options.guess_ahead, "only per-token routing guesses (decode_options)"
+        self.guessing = Guessing(options.guess_ahead)
+        self.riding = Riding(options.riding, costs)
         self.drafting = Drafting(getattr(router, "gamma", 0))
         self.blind = token and router.pre_route([]) is not None  # decides without the SLM
         self.counters = RunCounters()
@@ -175,8 +175,9 @@ class MixedDecoder:
     def _outcomes(self, rows: list[Row], routed: list[bool]) -> list[Outcome]:
         """Each row's outcome, from its facts as they stand now."""
         pays = [self.guessing.pays(r, self.counters) for r in rows]
-        held = [bool(r.unchecked.tokens) for r in rows]
-        return [outcome(RowFacts(*f)) for f in zip(routed, map(Riding.at_hand, rows), pays, held)]
+        unchecked = [bool(r.unchecked.tokens) for r in rows]
+        facts = zip(routed, map(Riding.at_hand, rows), pays, unchecked)
+        return [outcome(RowFacts(*f)) for f in facts]
 
     def _apply(
         self, rows: list[Row], tokens: list[int], routed: list[bool], outcomes: list[Outcome]
@@ -272,9 +273,9 @@ class MixedDecoder:
         only its tokens' modeled cost."""
         engine = self.slm if model is Model.SLM else self.llm
         new = [r.unseen(model) for r in rows]
-        held = [r.held[model] for r in rows]
+        cached = [r.cached[model] for r in rows]
         slots = [r.slot for r in rows]
-        out = engine.forward(self._caches[model], slots, held, new, **asked)
+        out = engine.forward(self._caches[model], slots, cached, new, **asked)
         for row, tokens, rides in zip(rows, new, riding or [False] * len(rows)):
             n = len(tokens)
             cost = self.costs.llm.per_token * n if rides else self.costs.forward_s(model, n)

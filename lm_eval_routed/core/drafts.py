@@ -37,11 +37,13 @@ class Drafting:
         """The tokens to commit after the LLM scored ``row``'s drafts (``logits``: (fed, V), its view
         of every token the row fed): the longest draft prefix it accepts, then one token of its own.
         Clears the row's drafts and adapts its draft length."""
-        held = row.unchecked
-        k = len(held.tokens)
+        unchecked = row.unchecked
+        k = len(unchecked.tokens)
         scored = logits[-(k + 1) :]  # (k + 1, V): the LLM's view of each draft slot and one more
         row.tally.llm_scored_positions += k + 1
-        accepted, bonus = accept_drafts(held.tokens, held.probs, scored, row.req, row.sample_gen)
-        held.gamma = held.gamma + 2 if accepted == k else max(1, held.gamma - 1)
-        drafts, held.tokens, held.probs = held.tokens, [], []
+        accepted, bonus = accept_drafts(
+            unchecked.tokens, unchecked.probs, scored, row.req, row.sample_gen
+        )
+        unchecked.gamma = unchecked.gamma + 2 if accepted == k else max(1, unchecked.gamma - 1)
+        drafts, unchecked.tokens, unchecked.probs = unchecked.tokens, [], []
         return [(t, Model.SLM) for t in drafts[:accepted]] + [(bonus, Model.LLM)]

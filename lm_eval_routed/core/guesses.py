@@ -43,15 +43,15 @@ class Guessing:
     def hold(self, row: Row, token: int, routed: bool, ends: bool) -> bool:
         """Hold ``token`` unchecked (a guess if ``routed``); whether the row now waits for the check:
         it holds ``limit`` tokens, or one that ``ends`` the text (a row only ends on checked ones)."""
-        held = row.unchecked
+        unchecked = row.unchecked
         if routed:
-            held.guesses.append(len(held.tokens))
-            held.route_states.append(row.route_gen.get_state())
-        held.tokens.append(token)
+            unchecked.guesses.append(len(unchecked.tokens))
+            unchecked.route_states.append(row.route_gen.get_state())
+        unchecked.tokens.append(token)
         return (
-            len(held.tokens) >= self.limit
+            len(unchecked.tokens) >= self.limit
             or ends
-            or row.generated + len(held.tokens) >= row.req.max_new_tokens
+            or row.generated + len(unchecked.tokens) >= row.req.max_new_tokens
         )
 
     def note_dropped(self, row: Row, token: int) -> None:
@@ -70,17 +70,17 @@ class Guessing:
         """The tokens to commit once the LLM has checked ``row``'s guesses (``checks``: its token at
         each): the held ones up to the first guess it disagrees with, then its token there. What came
         after it is dropped and will be decoded again. Clears the row's unchecked tokens."""
-        held = row.unchecked
-        tokens, guesses = held.tokens, held.guesses
+        unchecked = row.unchecked
+        tokens, guesses = unchecked.tokens, unchecked.guesses
         keep, fix = len(tokens), None
-        for g, want, state in zip(guesses, checks, held.route_states):
+        for g, want, state in zip(guesses, checks, unchecked.route_states):
             row.tally.llm_scored_positions += 1
             counters.count_guess(tokens[g] == want)
             if tokens[g] != want:
                 keep, fix = g, want
                 row.route_gen.set_state(state)  # as it stood right after routing this position
                 break
-        held.tokens, held.guesses, held.route_states = [], [], []
+        unchecked.tokens, unchecked.guesses, unchecked.route_states = [], [], []
         routed = set(guesses)
         commits = [
             (t, Model.LLM if i in routed else Model.SLM) for i, t in enumerate(tokens[:keep])

@@ -34,7 +34,7 @@ class Riding:
             if not r.waiting
             and not r.finish
             and (r.unchecked.guesses or self.rides(r, counters))
-            and len(r.seq) + len(r.unchecked.tokens) > r.held[Model.LLM]  # a token to feed
+            and len(r.seq) + len(r.unchecked.tokens) > r.cached[Model.LLM]  # a token to feed
         ]
 
     def rides(self, row: Row, counters: RunCounters) -> bool:
@@ -46,7 +46,7 @@ class Riding:
         none comes before it ends: chance ``(1 - r) ** tokens_left``. On a GPU, where a token costs
         the LLM next to nothing, rows ride to their end; on a CPU they stop a few tokens earlier.
         """
-        if not self.enabled or row.held[Model.LLM] == 0:
+        if not self.enabled or row.cached[Model.LLM] == 0:
             # A row the LLM has not seen would feed its whole prompt, wasted if the row ends before
             # its first routed position; the budget cannot say how likely that is (most answers
             # end on EOS far before it), so such a row waits for its first routed position.
@@ -55,7 +55,7 @@ class Riding:
         share = (counters.routed + 1) / (counters.decided + 2)
         saved = share * llm.fixed * (counters.llm_forwards + 1) / (counters.rows_served + 1)
         wasted = (1 - share) ** row.left
-        return saved >= wasted * (len(row.seq) - row.held[Model.LLM]) * llm.per_token
+        return saved >= wasted * (len(row.seq) - row.cached[Model.LLM]) * llm.per_token
 
     @staticmethod
     def at_hand(row: Row) -> bool:

@@ -88,7 +88,7 @@ class Row:
     seq: list[int]  # prompt + committed tokens
     sample_gen: torch.Generator
     route_gen: torch.Generator
-    held: dict[Model, int] = field(default_factory=lambda: {Model.SLM: 0, Model.LLM: 0})
+    cached: dict[Model, int] = field(default_factory=lambda: {Model.SLM: 0, Model.LLM: 0})
     waiting: bool = False  # its next position (or its unchecked tokens) waits for the LLM
     unchecked: Unchecked = field(default_factory=Unchecked)
     prediction: Prediction | None = None
@@ -152,24 +152,24 @@ class Row:
         Sliced without building ``seq + unchecked``: rows run to thousands of tokens, and this is
         called for every row at every step.
         """
-        held, drafts = self.held[model], self.unchecked.tokens
-        if held <= len(self.seq):
-            return self.seq[held:] + drafts
-        return drafts[held - len(self.seq) :]
+        cached, drafts = self.cached[model], self.unchecked.tokens
+        if cached <= len(self.seq):
+            return self.seq[cached:] + drafts
+        return drafts[cached - len(self.seq) :]
 
     def asked(self) -> list[int]:
         """Where the LLM's logits are read among the tokens it is fed now: before each guess (to
         check it), else at the last token (to predict the next position).
 
-        The logits at fed index ``i`` predict the token at position ``held + i + 1`` of
-        ``seq + unchecked``, so the prediction of position ``p`` is read at ``p - 1 - held``.
+        The logits at fed index ``i`` predict the token at position ``cached + i + 1`` of
+        ``seq + unchecked``, so the prediction of position ``p`` is read at ``p - 1 - cached``.
         """
-        first = len(self.seq) - 1 - self.held[Model.LLM]
+        first = len(self.seq) - 1 - self.cached[Model.LLM]
         return [first + g for g in self.unchecked.guesses] or [first + len(self.unchecked.tokens)]
 
     def fed(self, model: Model, tokens: int, modeled_s: float) -> None:
         """Count a forward of ``model`` that was fed ``tokens`` of this row's tokens."""
-        self.held[model] += tokens
+        self.cached[model] += tokens
         if model is Model.SLM:
             self.tally.slm_forward_tokens += tokens
             self.tally.slm_calls += 1
@@ -183,7 +183,7 @@ class Row:
         were committed or dropped: stale slots get overwritten, and the last token is fed again so
         its logits (which a cache does not keep) are there for the next position."""
         for model in Model:
-            self.held[model] = min(self.held[model], len(self.seq) - 1)
+            self.cached[model] = min(self.cached[model], len(self.seq) - 1)
 
 
 def charge(rows: list[Row], fed: list[int], seconds: float) -> None:

@@ -26,7 +26,9 @@ Paused rows drift apart, and without this the run ended on a tail of forwards th
 two each, where lockstep rows end together; with this rule the demo pair's runs made fewer LLM
 forwards at the same speed (docs/performance.md).
 
-A fixed ``llm_min_batch`` overrides the rule (``schedule=lockstep`` is ``llm_min_batch=1``). Without
+A fixed ``llm_min_batch`` overrides the rule. ``schedule=lockstep`` is the schedule a comparison
+runs against: the LLM runs whenever any row needs it (``llm_min_batch=1``), and no row rides along
+or guesses ahead (``decode_options`` resolves that once, with what the router's kind takes). Without
 usable costs (an LLM forward priced at zero), the LLM runs once half the rows in flight wait.
 Whatever the rule, the LLM runs when every unfinished row waits, so the loop never deadlocks; and
 no rule changes a sample's tokens, only when they are computed.
@@ -34,8 +36,48 @@ no rule changes a sample's tokens, only when they are computed.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
 from lm_eval_routed.core.accounting import CostModel
 from lm_eval_routed.core.rows import Row
+from lm_eval_routed.routers.base import RouterKind
+
+log = logging.getLogger(__name__)
+
+
+class Schedule(Enum):
+    """Which rows wait for the LLM (the ``schedule`` setting)."""
+
+    PAUSE = "pause"  # only the rows that need it; the others decode on
+    LOCKSTEP = "lockstep"  # every row, whenever one needs it (for comparison)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The decoder's options, resolved once from the settings and the router's kind."""
+
+    llm_min_batch: int = 0  # 0: the cost rule decides when the LLM runs
+    guess_ahead: int = 0  # tokens a routed row decodes on the SLM's guess (TOKEN routers)
+    riding: bool = True  # rows still decoding ride along in LLM forwards (``riding.py``)
+
+
+def decode_options(
+    kind: RouterKind, schedule: Schedule, llm_min_batch: int, guess_ahead: int, llm_lookahead: bool
+) -> DecodeOptions:
+    """What the decoder does, from settings that depend on each other: lockstep runs the LLM at
+    every routed token with nothing riding or guessed; only per-token routing guesses ahead;
+    speculative decoding verifies its own drafts, so nothing rides along with them."""
+    if schedule is Schedule.LOCKSTEP:
+        if kind is RouterKind.SPECULATIVE:
+            log.info("speculative decoding ignores schedule=lockstep")
+        return DecodeOptions(llm_min_batch=1, guess_ahead=0, riding=False)
+    return DecodeOptions(
+        llm_min_batch=llm_min_batch,
+        guess_ahead=guess_ahead if kind is RouterKind.TOKEN else 0,
+        riding=llm_lookahead and kind is not RouterKind.SPECULATIVE,
+    )
 
 
 class LLMSchedule:

@@ -25,6 +25,7 @@ from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import checked_engine, unsupported
 from lm_eval_routed.core.rows import GenRequest, GenResult
+from lm_eval_routed.core.schedule import Schedule, decode_options
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading.costs import measure_forward_cost
 from lm_eval_routed.loading.models import (
@@ -175,10 +176,10 @@ class RoutedRuntime:
                 # where each model's modules were stored and ran (placement.py)
                 "placement": {"slm": describe(self.slm), "llm": describe(self.llm)},
                 "batch_size": self.cfg.batch_size,
-                "llm_min_batch": self.cfg.llm_min_batch,
+                "llm_min_batch": self.decoder.options.llm_min_batch,
                 "llm_runs_by": self.decoder.schedule.rule,  # schedule.py
-                "guess_ahead": self.cfg.guess_ahead,
-                "llm_lookahead": self.decoder.riding.enabled,
+                "guess_ahead": self.decoder.options.guess_ahead,
+                "llm_lookahead": self.decoder.options.riding,
                 "prepacked": self.prepacked,
                 "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},
                 "schedule": self.cfg.schedule,
@@ -284,11 +285,8 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     # the LLM's logits meet the SLM's rows (sampling generators, routers) on the SLM's device
     llm_engine = make_engine(llm, vocab, cfg.engine, cfg.prepack, output_device=slm_engine.device)
     router = make_router(cfg.router, cfg, slm)
-    if cfg.router == "speculative" and cfg.schedule == "lockstep":
-        log.info("speculative decoding ignores schedule=lockstep")
     params_slm, params_llm = count_params(slm), count_params(llm)
     costs = _cost_model(cfg, slm_engine, llm_engine)
-    min_batch = 1 if cfg.schedule == "lockstep" else cfg.llm_min_batch
     decoder = MixedDecoder(
         slm_engine,
         llm_engine,
@@ -303,9 +301,13 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
             llm_nominal=cfg.params_llm_nominal,
         ),
         eos_ids=eos_ids(tokenizer, llm),
-        llm_min_batch=min_batch,
-        guess_ahead=0 if cfg.schedule == "lockstep" else cfg.guess_ahead,
-        riding=cfg.llm_lookahead and cfg.schedule != "lockstep",
+        options=decode_options(
+            router.kind,
+            Schedule(cfg.schedule),
+            cfg.llm_min_batch,
+            cfg.guess_ahead,
+            cfg.llm_lookahead,
+        ),
     )
     return RoutedRuntime(
         cfg, slm, llm, tokenizer, router, decoder, device, dtype, slm_dtype, params_slm, params_llm

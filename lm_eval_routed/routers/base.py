@@ -84,23 +84,33 @@ class Router:
 _REGISTRY: dict[str, Callable[..., Router]] = {}
 # name -> check(cfg): what a router can refuse before any model loads (minutes for a large pair).
 _CHECKS: dict[str, Callable[[Any], object]] = {}
-# name -> the config keys the router reads (its knobs; ``guess_ahead`` for per-token routers, which
-# the decoder zeroes for the others); a router registered without them is unchecked
+# name -> the config keys the router itself reads (its knobs)
 _KNOBS: dict[str, tuple[str, ...]] = {}
+# name -> the router's kind, known before it is built: the decoding options it takes follow from it
+_KINDS: dict[str, RouterKind] = {}
+# the decoding options each kind of router takes beside its own knobs (``guess_ahead``: a routed
+# position's SLM token kept as a guess, which only per-token routing has)
+KIND_OPTIONS: dict[RouterKind, tuple[str, ...]] = {
+    RouterKind.TOKEN: ("guess_ahead",),
+    RouterKind.STITCH: (),
+    RouterKind.SPECULATIVE: (),
+}
 
 
 def register_router(
     name: str,
+    kind: RouterKind,
     check: Callable[[Any], object] | None = None,
-    knobs: tuple[str, ...] | None = None,
+    knobs: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Router]], Callable[..., Router]]:
-    """Decorator: register a router factory ``f(cfg, slm) -> Router`` under ``name``.
+    """Decorator: register a router factory ``f(cfg, slm) -> Router`` of ``kind`` under ``name``.
 
     ``check(cfg)``, if given, raises ConfigError on what it can see without the models (a
     checkpoint's path, a threshold's range); ``check_router`` runs it before they load.
-    ``knobs`` names the config keys the router reads (``threshold``, ``p``, ... or keys of its own,
-    which ``load_config`` then accepts into ``cfg.extra``); a knob given to a router that does not
-    read it is refused rather than ignored.
+    ``knobs`` names the config keys the router itself reads (``threshold``, ``p``, ... or keys of
+    its own, which ``load_config`` then accepts into ``cfg.extra``); the decoding options its kind
+    takes (``KIND_OPTIONS``) are added to them. A knob given to a router that does not read it is
+    refused rather than ignored.
     """
 
     def deco(factory: Callable[..., Router]) -> Callable[..., Router]:
@@ -109,17 +119,23 @@ def register_router(
         _REGISTRY[name] = factory
         if check is not None:
             _CHECKS[name] = check
-        if knobs is not None:
-            _KNOBS[name] = tuple(knobs)
+        _KINDS[name] = kind
+        _KNOBS[name] = (*knobs, *KIND_OPTIONS[kind])
         return factory
 
     return deco
 
 
-def knobs_of(name: str) -> tuple[str, ...] | None:
-    """The knobs router ``name`` reads (None: it did not declare them)."""
+def knobs_of(name: str) -> tuple[str, ...]:
+    """The config keys router ``name`` reads: its own knobs, then its kind's decoding options."""
     _known(name)
-    return _KNOBS.get(name)
+    return _KNOBS[name]
+
+
+def kind_of(name: str) -> RouterKind:
+    """The kind router ``name`` registered with."""
+    _known(name)
+    return _KINDS[name]
 
 
 def knob_names() -> set[str]:
@@ -136,9 +152,7 @@ def readers_of(knob: str) -> list[str]:
 
 def _check_knobs(cfg: Any) -> None:
     """A knob set away from its default on a router that does not read it (configs built in code)."""
-    reads = _KNOBS.get(cfg.router)
-    if reads is None:
-        return
+    reads = _KNOBS[cfg.router]
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
     for key in knob_names() - set(reads):
         value = getattr(cfg, key, None) if key in defaults else cfg.extra.get(key)
@@ -164,7 +178,10 @@ def check_router(cfg: Any) -> None:
 def make_router(name: str, cfg: Any, slm: torch.nn.Module | None = None) -> Router:
     """Build the router ``name`` for config ``cfg`` (an unknown name lists the valid ones)."""
     _known(name)
-    return _REGISTRY[name](cfg, slm)
+    router = _REGISTRY[name](cfg, slm)
+    if router.kind is not _KINDS[name]:
+        raise TypeError(f"router {name!r} registered as {_KINDS[name]} but built a {router.kind}")
+    return router
 
 
 def _known(name: str) -> None:

@@ -17,7 +17,13 @@ from torch import Tensor, nn
 from lm_eval_routed.config import RoutedConfig
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers import checkpoint
-from lm_eval_routed.routers.base import Router, StepView, file_sha256, register_router
+from lm_eval_routed.routers.base import (
+    Router,
+    RouterKind,
+    StepView,
+    file_sha256,
+    register_router,
+)
 
 DEFAULT_THRESHOLD = 0.9
 # parameter names of the earlier layout (BatchNorm and ReLU after the second layer too)
@@ -132,7 +138,7 @@ def _check(cfg: RoutedConfig) -> None:
     check_layout(state, net, weights)
 
 
-@register_router("citer", check=_check, knobs=("router_ckpt", "threshold", "guess_ahead"))
+@register_router("citer", RouterKind.TOKEN, check=_check, knobs=("router_ckpt", "threshold"))
 def _citer(cfg: RoutedConfig, slm) -> Router:
     checkpoint.check_threshold(cfg.threshold, "citer")
     ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "citer")

@@ -76,11 +76,11 @@ def _token_tau(cfg: RoutedConfig) -> float:
     return tau
 
 
-@register_router("entropy", check=_stitch_tau, knobs=("threshold",))
+@register_router("entropy", RouterKind.STITCH, check=_stitch_tau, knobs=("threshold",))
 def _entropy(cfg: RoutedConfig, slm) -> Router:
     return EntropyStitch(_stitch_tau(cfg))
 
 
-@register_router("entropy-token", check=_token_tau, knobs=("threshold", "guess_ahead"))
+@register_router("entropy-token", RouterKind.TOKEN, check=_token_tau, knobs=("threshold",))
 def _entropy_token(cfg: RoutedConfig, slm) -> Router:
     return EntropyToken(_token_tau(cfg))

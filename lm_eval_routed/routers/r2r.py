@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from lm_eval_routed.config import RoutedConfig
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers import checkpoint
-from lm_eval_routed.routers.base import Router, StepView, file_sha256, register_router
+from lm_eval_routed.routers.base import (
+    Router,
+    RouterKind,
+    StepView,
+    file_sha256,
+    register_router,
+)
 
 
 class ResidualMLP(nn.Module):
@@ -199,7 +205,7 @@ def _check(cfg: RoutedConfig) -> None:
     checkpoint.check(cfg.router_ckpt, "r2r", build=_net_of, ignore=(_EMBEDDING_KEY,))
 
 
-@register_router("r2r", check=_check, knobs=("router_ckpt", "threshold", "guess_ahead"))
+@register_router("r2r", RouterKind.TOKEN, check=_check, knobs=("router_ckpt", "threshold"))
 def _r2r(cfg: RoutedConfig, slm) -> Router:
     checkpoint.check_threshold(cfg.threshold, "r2r")
     ckpt, state, weights = checkpoint.load(cfg.router_ckpt, "r2r")

@@ -23,6 +23,6 @@ class Speculative(Router):
         return {**super().info(), "gamma": self.gamma}
 
 
-@register_router("speculative", knobs=("gamma",))
+@register_router("speculative", RouterKind.SPECULATIVE, knobs=("gamma",))
 def _speculative(cfg: RoutedConfig, slm) -> Router:
     return Speculative(cfg.gamma)

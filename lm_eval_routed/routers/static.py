@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from lm_eval_routed.config import RoutedConfig
-from lm_eval_routed.routers.base import Router, StepView, register_router
+from lm_eval_routed.routers.base import Router, RouterKind, StepView, register_router
 
 
 class Constant(Router):
@@ -42,16 +42,16 @@ class Random(Router):
         return {**super().info(), "p": self.p}
 
 
-@register_router("slm-only", knobs=("guess_ahead",))
+@register_router("slm-only", RouterKind.TOKEN)
 def _slm_only(cfg: RoutedConfig, slm) -> Router:
     return Constant("slm-only", to_llm=False)
 
 
-@register_router("llm-only", knobs=("guess_ahead",))
+@register_router("llm-only", RouterKind.TOKEN)
 def _llm_only(cfg: RoutedConfig, slm) -> Router:
     return Constant("llm-only", to_llm=True)
 
 
-@register_router("random", knobs=("p", "guess_ahead"))
+@register_router("random", RouterKind.TOKEN, knobs=("p",))
 def _random(cfg: RoutedConfig, slm) -> Router:
     return Random(cfg.p)
