@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lm_eval_routed.config import ENGINES, load_config
+from lm_eval_routed.config import ENGINES
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import round_up
 from lm_eval_routed.core.engine import cache_kwarg, shared_weights_copy

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading.placement import empty_model

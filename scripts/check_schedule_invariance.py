@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's prompts
 from bench_decoder import requests  # noqa: E402
 
-from lm_eval_routed.config import ENGINES, load_config  # noqa: E402
+from lm_eval_routed.config import ENGINES
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime, with_costs  # noqa: E402
 
 POLICIES = {

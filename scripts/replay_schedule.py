@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.accounting import CostModel, ParamSizes
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import ForwardOut

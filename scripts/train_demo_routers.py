@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lm_eval_routed.config import load_config  # noqa: E402
+from lm_eval_routed.config_args import load_config  # noqa: E402
 from lm_eval_routed.core.rows import GenRequest  # noqa: E402
 from lm_eval_routed.loading import demo_pair  # noqa: E402
 from lm_eval_routed.loading.runtime import build_runtime  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import char_tokenizer, tiny_llama
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime
 
 torch.set_num_threads(1)

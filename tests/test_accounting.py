@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.accounting import ParamSizes, SampleTally
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError

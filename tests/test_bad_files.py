@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import char_tokenizer, one_line, tiny_llama, tree, write_workspace
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading import runtime
 from lm_eval_routed.paths import router_ckpts_dir

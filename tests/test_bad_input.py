@@ -16,7 +16,8 @@ from helpers import one_line, write_workspace
 from lm_eval.api.instance import Instance
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import RoutedConfig, load_config
+from lm_eval_routed.config import RoutedConfig
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading import runtime
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime
 
 ROOT = Path(__file__).resolve().parents[1]

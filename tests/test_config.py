@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_routed.config import load_config, parse_arg_string, preset_names
+from lm_eval_routed.config_args import load_config, parse_arg_string, preset_names
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers.base import make_router
 

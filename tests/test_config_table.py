@@ -10,7 +10,8 @@ import pytest
 
 from lm_eval_routed import config_table
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import RUN_ONLY_KEYS, Affects, RoutedConfig, effects, load_config
+from lm_eval_routed.config import RUN_ONLY_KEYS, Affects, RoutedConfig, effects
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.jobs import cell, summaries
 
 # A value away from each field's default, to see what changing the key changes.

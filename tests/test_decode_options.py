@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.schedule import DecodeOptions, Schedule, decode_options
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.routers.base import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core import guesses
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.loading.runtime import build_runtime

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from helpers import tiny_llama
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.loading.runtime import build_runtime
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.routers.base import StepView, make_router
 from lm_eval_routed.routers.entropy import entropy_nats
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import write_workspace
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs import cell as cellmod
 from lm_eval_routed.jobs import summaries, sweep

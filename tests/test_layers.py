@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lm_eval_routed"
 
-ABOVE_CORE = ("config", "loading", "adapters", "evals", "jobs", "training", "cli")
+ABOVE_CORE = ("config", "config_args", "loading", "adapters", "evals", "jobs", "training", "cli")
 # layer -> the lm_eval_routed modules it may never import (prefix match on dotted names). A layer is
 # a folder, or one root module (``errors.py``, ``config.py``).
 FORBIDDEN = {
@@ -24,6 +24,8 @@ FORBIDDEN = {
     # keys' syntax, nothing that loads a model
     "config": ("core", "adapters", "evals", "jobs", "training", "cli", "loading.models",
                "loading.runtime", "loading.placement", "loading.demo_pair", "loading.costs"),
+    # parsing what a user types into a config: the same walls
+    "config_args": ("core", "adapters", "evals", "jobs", "training", "cli", "loading"),
     "core": (*ABOVE_CORE, "routers.r2r", "routers.citer"),
     "routers": ("core.decoder", "loading", "adapters", "evals", "jobs", "training", "cli"),
     "evals": ("core", "routers", "loading", "adapters", "jobs", "training", "cli"),

@@ -12,7 +12,7 @@ import pytest
 from run_fixtures import P_LLM, P_SLM, Sample, write_lm_eval
 
 from lm_eval_routed.cli import main
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.merge import merge_runs
 from lm_eval_routed.jobs.summaries import config_dict

@@ -10,7 +10,7 @@ from lm_eval.api.instance import Instance
 
 from lm_eval_routed.adapters.joins import bare
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime
 
 

@@ -24,7 +24,8 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import RoutedConfig, load_config
+from lm_eval_routed.config import RoutedConfig
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime
 
 ROLLING_TASK = """\

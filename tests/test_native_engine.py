@@ -23,7 +23,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core import native
 from lm_eval_routed.core.cpu_linear import holds_packed
 from lm_eval_routed.core.engine import HFEngine

@@ -143,7 +143,7 @@ def test_citer_threshold_semantics(make_runtime, tokenizer, citer_ckpt):
 
 
 def test_released_r2r_layout_loads_and_scores(tmp_path, pair):
-    from lm_eval_routed.config import load_config
+    from lm_eval_routed.config_args import load_config
     from lm_eval_routed.routers.base import StepView, make_router
     from lm_eval_routed.routers.r2r import OFFICIAL_TYPE, OfficialR2RNet
 
@@ -259,7 +259,7 @@ def authors_model(h, seed=0):
 
 
 def citer_router(ref, slm):
-    from lm_eval_routed.config import load_config
+    from lm_eval_routed.config_args import load_config
     from lm_eval_routed.routers.base import make_router
 
     return make_router("citer", load_config(router="citer", router_ckpt=str(ref)), slm)
@@ -363,7 +363,7 @@ def test_earlier_layout_is_refused_with_one_line(tmp_path, pair, make_runtime):
 
 
 def test_r2r_preset_reproduces_the_per_benchmark_thresholds():
-    from lm_eval_routed.config import PRESETS_DIR, load_config
+    from lm_eval_routed.config_args import PRESETS_DIR, load_config
 
     # R2R's eval config: aime 0.40595959595959596, gpqa 0.42, livecodebench 0.1387
     assert load_config({"config": "r2r"}).threshold == 0.40595959595959596

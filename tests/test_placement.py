@@ -13,7 +13,7 @@ from accelerate import dispatch_model
 from helpers import char_tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core import native
 from lm_eval_routed.core.engine import HFEngine, execution_device
 from lm_eval_routed.core.rows import GenRequest

@@ -27,7 +27,7 @@ from routing_reference import (
 )
 from safetensors.torch import load_file
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.outcome import Outcome

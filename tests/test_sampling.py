@@ -18,7 +18,7 @@ from transformers.generation import (
 )
 
 from lm_eval_routed.adapters.lm_eval_model import RoutedLM
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.core.sampling import accept_drafts, filtered_probs
 from lm_eval_routed.loading import runtime

@@ -15,7 +15,7 @@ import yaml
 from helpers import char_tokenizer
 from transformers import AutoConfig
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading import placement, placement_keys
 from lm_eval_routed.loading.models import load_model

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from test_decoder_fidelity import requests
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.accounting import CostModel
 from lm_eval_routed.core.schedule import LLMSchedule, end_lag
 from lm_eval_routed.loading.runtime import with_costs

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import write_workspace
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading.runtime import build_runtime

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.files import write_atomic
 from lm_eval_routed.jobs import sweep

@@ -16,7 +16,7 @@ from helpers import char_tokenizer
 from safetensors.torch import load_file
 from saved_pair import SPECIAL, encode, near_pair, next_tokens, save
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime
 from lm_eval_routed.routers.base import StepView
 from lm_eval_routed.training.citer import BOTH_WRONG, LLM_RIGHT, SLM_RIGHT

@@ -16,7 +16,7 @@ import torch
 from helpers import char_tokenizer, tiny_llama
 from saved_pair import encode, near_pair, next_tokens, save
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.loading.runtime import build_runtime
 from lm_eval_routed.routers.base import StepView
 from lm_eval_routed.training import verifier

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.training import calibrate
 from lm_eval_routed.training.calibrate import fit_latency, thresholds_for, token_entropies
 

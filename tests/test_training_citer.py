@@ -7,7 +7,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.routers.base import StepView, make_router
 from lm_eval_routed.training import citer
 from lm_eval_routed.training.citer import (

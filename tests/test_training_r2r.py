@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lm_eval_routed.config import load_config
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.routers.base import StepView, make_router
 from lm_eval_routed.routers.r2r import R2RNet
 from lm_eval_routed.training import r2r_labels, verifier

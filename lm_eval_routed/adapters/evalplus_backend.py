@@ -28,7 +28,8 @@ from evalplus.provider.utility import EOS, extra_eos_for_direct_completion, make
 
 from lm_eval_routed.adapters.evalplus_data import check_overrides
 from lm_eval_routed.adapters.joins import flat
-from lm_eval_routed.config import RUN_ONLY_KEYS, RoutedConfig, load_config, parse_arg_string
+from lm_eval_routed.config import RUN_ONLY_KEYS, RoutedConfig
+from lm_eval_routed.config_args import load_config, parse_arg_string
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.files import append_jsonl

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from lm_eval_routed.adapters import lm_eval_records as recs
 from lm_eval_routed.adapters import plugin
 from lm_eval_routed.adapters.joins import flat
-from lm_eval_routed.config import RUN_ONLY_KEYS, given_keys, load_config
+from lm_eval_routed.config import RUN_ONLY_KEYS
+from lm_eval_routed.config_args import given_keys, load_config
 from lm_eval_routed.core.accounting import ParamSizes, SampleTally
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from lm_eval_routed.config import RoutedConfig, load_config
+from lm_eval_routed.config import RoutedConfig
+from lm_eval_routed.config_args import load_config
 from lm_eval_routed.errors import ConfigError
 
 MATRIX_KEYS = ("base", "configs", "include_path", "metric", "tasks")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lm_eval_routed.config import load_config, parse_arg_string
+from lm_eval_routed.config_args import load_config, parse_arg_string
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.readers import lm_eval_label, read_run
 from lm_eval_routed.jobs.runs import read_json

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lm_eval_routed.config import load_config, parse_arg_string
+from lm_eval_routed.config_args import load_config, parse_arg_string
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.runs import (
     Doc,

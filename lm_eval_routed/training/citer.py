@@ -254,7 +254,7 @@ def train_round(
 
 
 def _runtime(slm, llm, tok, router_dir: Path | None, opts: CiterOptions):
-    from lm_eval_routed.config import load_config
+    from lm_eval_routed.config_args import load_config
     from lm_eval_routed.loading.runtime import build_runtime
 
     args = {"cost_slm": "0:0", "cost_llm": "0:0", "batch_size": opts.batch_size}
