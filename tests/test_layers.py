@@ -24,7 +24,7 @@ FORBIDDEN = {
     # keys' syntax, nothing that loads a model
     "config": ("core", "adapters", "evals", "jobs", "training", "cli", "loading.models",
                "loading.runtime", "loading.placement", "loading.demo_pair", "loading.costs"),
-    "core": (*ABOVE_CORE, "routers.r2r", "routers.citer"),
+    "core": (*ABOVE_CORE, "routers.r2r", "routers.citer", "routers.rstitch_plus"),
     "routers": ("core.decoder", "loading", "adapters", "evals", "jobs", "training", "cli"),
     "evals": ("core", "routers", "loading", "adapters", "jobs", "training", "cli"),
     "loading": ("adapters", "evals", "jobs", "training", "cli"),
