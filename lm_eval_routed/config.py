@@ -62,16 +62,16 @@ class RoutedConfig:
     threshold: float | None = setting(
         None,
         _O,
-        "the router's threshold; units differ per router (`entropy`: normalized H/log V; "
-        "`entropy-token`: nats; `r2r`, `citer`: a probability)",
+        "the router's threshold; units differ per router (`entropy`, `rstitch-plus`: normalized "
+        "H/log V; `entropy-token`: nats; `r2r`, `citer`: a probability)",
         shown="router's own",
     )
     p: float = setting(0.1, _O, "`random`: the LLM rate")
     router_ckpt: str | None = setting(
         None,
         _O,
-        "`r2r`/`citer`: a `router_ckpts/<name>/` folder (safetensors + JSON), R2R's official `.pt` "
-        "dict, or CITER's `mlp_iter_*.pth` state dict",
+        "`r2r`/`citer`/`rstitch-plus`: a `router_ckpts/<name>/` folder (safetensors + JSON), R2R's "
+        "official `.pt` dict, or CITER's `mlp_iter_*.pth` state dict",
     )
     gamma: int = setting(4, _O, "`speculative`: draft length")
     dtype: str = setting(

@@ -38,6 +38,7 @@ class Plain:
 
     logits: Tensor  # (V,) float64
     hidden: Tensor  # (H,) after the final norm
+    context: int = 0  # tokens in the prefix: the position's context length
 
     @property
     def argmax(self) -> int:
@@ -57,7 +58,9 @@ class PlainModel:
         key = tuple(prefix)
         if key not in self._seen:
             out = self.model(input_ids=torch.tensor([prefix]), output_hidden_states=True)
-            self._seen[key] = Plain(out.logits[0, -1].double(), out.hidden_states[-1][0, -1])
+            self._seen[key] = Plain(
+                out.logits[0, -1].double(), out.hidden_states[-1][0, -1], len(prefix)
+            )
         return self._seen[key]
 
 
@@ -103,6 +106,24 @@ def stitch_rule(tau: float) -> Rule:
     return lambda plain: Decision(
         normalized_entropy(plain.logits) > tau, abs(normalized_entropy(plain.logits) - tau)
     )
+
+
+def rstitch_plus_rule(w: dict[str, Tensor], tau: float, context_scale: float) -> Rule:
+    """R-Stitch+: a position whose normalized SLM entropy exceeds tau goes to the LLM when the
+    policy's argmax says switch (action 1); its network from the weights: [h, n / scale] -> Linear,
+    ReLU, Linear -> (stay, switch). Below tau the SLM keeps the position."""
+
+    def decide(slm: Plain) -> Decision:
+        h = normalized_entropy(slm.logits)
+        x = torch.cat([slm.hidden.double(), torch.tensor([slm.context / context_scale]).double()])
+        stay, switch = _linear(torch.relu(_linear(x, w, "inp")), w, "out").tolist()
+        if h <= tau - TIE:
+            return Decision(False, tau - h)
+        if stay - switch >= TIE:
+            return Decision(False, stay - switch)
+        return Decision(h > tau and switch > stay, min(abs(h - tau), abs(switch - stay)))
+
+    return decide
 
 
 def _linear(x: Tensor, w: dict[str, Tensor], name: str) -> Tensor:
@@ -188,6 +209,7 @@ class Routing:
 
     token: Rule | None = None
     stitch: Rule | None = None
+    handback: Rule | None = None  # STITCH: the LLM's keep rule, where it is not ``stitch``
 
 
 def replay(
@@ -233,7 +255,8 @@ def replay(
                     f"{writer.value}"
                 )
         if routing.stitch is not None:
-            keep_prev = _stitch_counts(routing.stitch, g, writers, k, keep_prev, into)
+            keep_rule = routing.handback or routing.stitch
+            keep_prev = _stitch_counts(keep_rule, g, writers, k, keep_prev, into)
     return into
 
 

@@ -70,7 +70,7 @@ def test_bad_model_args_are_one_line(args, needle):
         (
             {"router": "random", "threshold": "0.5"},
             "threshold=0.5 is not read by router=random, which reads only p, guess_ahead; drop "
-            "threshold or choose a router that reads it (citer, entropy, entropy-token, r2r)",
+            "threshold or choose a router that reads it (citer, entropy, entropy-token, r2r, rstitch-plus)",
         ),
         (
             {"router": "llm-only", "p": "0.2"},

@@ -54,15 +54,16 @@ def test_what_a_router_reads_is_its_own_knobs_then_its_kinds_options():
         "slm-only": (), "llm-only": (), "random": ("p",), "entropy": ("threshold",),
         "entropy-token": ("threshold",), "r2r": ("router_ckpt", "threshold"),
         "citer": ("router_ckpt", "threshold"), "speculative": ("gamma",),
+        "rstitch-plus": ("router_ckpt", "threshold"),
     }  # fmt: skip
-    kinds = {"entropy": S, "speculative": P}
+    kinds = {"entropy": S, "rstitch-plus": S, "speculative": P}
     for name in router_names():
         kind = kinds.get(name, T)
         assert kind_of(name) is kind, name
         assert knobs_of(name) == (*own[name], *KIND_OPTIONS[kind]), name
 
 
-@pytest.mark.parametrize("router", ["entropy", "speculative"])
+@pytest.mark.parametrize("router", ["entropy", "rstitch-plus", "speculative"])
 def test_guess_ahead_is_refused_where_the_kind_cannot_guess(router):
     with pytest.raises(ConfigError, match=f"guess_ahead=2 is not read by router={router}"):
         load_config({"router": router, "guess_ahead": "2"})

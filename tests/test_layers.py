@@ -26,7 +26,7 @@ FORBIDDEN = {
                "loading.runtime", "loading.placement", "loading.demo_pair", "loading.costs"),
     # parsing what a user types into a config: the same walls
     "config_args": ("core", "adapters", "evals", "jobs", "training", "cli", "loading"),
-    "core": (*ABOVE_CORE, "routers.r2r", "routers.citer"),
+    "core": (*ABOVE_CORE, "routers.r2r", "routers.citer", "routers.rstitch_plus"),
     "routers": ("core.decoder", "loading", "adapters", "evals", "jobs", "training", "cli"),
     "evals": ("core", "routers", "loading", "adapters", "jobs", "training", "cli"),
     "loading": ("adapters", "evals", "jobs", "training", "cli"),

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from lm_eval_routed.config_args import load_config
+from lm_eval_routed.loading import latency_model
 from lm_eval_routed.training import calibrate
 from lm_eval_routed.training.calibrate import fit_latency, thresholds_for, token_entropies
 
@@ -39,42 +40,36 @@ def test_token_entropies_are_normalized_and_positionwise(pair, tokenizer):
     assert ent.double().tolist() == pytest.approx(expected.tolist(), rel=1e-4)
 
 
-def test_least_squares_recovers_known_constants():
-    grid = [(n, kv) for n in (1, 4, 16) for kv in (0, 32, 128)]
-    times = [0.002 + 0.0005 * n + 1e-6 * n * kv for n, kv in grid]
-    (a, b, c), r2 = calibrate._lstsq([[1.0, n, n * kv] for n, kv in grid], times)
-    assert (a, b, c) == pytest.approx((0.002, 0.0005, 1e-6), rel=1e-6)
-    assert r2 == pytest.approx(1.0)
+def prefill_s(n: int, kv: int) -> float:
+    """A clock's prefill: 2e-8 n kv + 3e-7 n^2 + 5e-4 n + 2e-3 seconds."""
+    return 2e-8 * n * kv + 3e-7 * n * n + 5e-4 * n + 2e-3
 
 
 def test_fit_latency_recovers_the_timers_constants(pair, monkeypatch):
-    # a timer that says prefill(n, kv) = 0.002 + 0.0005 n + 1e-6 n kv seconds; decode is its n = 1
-    monkeypatch.setattr(
-        calibrate,
-        "_timed_forward",
-        lambda model, n, kv, repeats: 0.002 + 0.0005 * n + 1e-6 * n * kv,
-    )
-    fit = fit_latency(pair[1], ns=(1, 8, 32), kvs=(0, 16, 64), repeats=1)
-    want = {"fixed_s": 0.002, "per_token_s": 0.0005, "per_token_kv_s": 1e-6, "r2": 1.0}
-    assert fit["prefill"] == pytest.approx(want, rel=1e-6)
-    assert fit["decode"] == pytest.approx({"fixed_s": 0.0025, "per_kv_s": 1e-6, "r2": 1.0})
-    assert [(m["n"], m["kv"]) for m in fit["measured"]] == [
-        (n, kv) for n in (1, 8, 32) for kv in (0, 16, 64)
+    # decode steps (n = 1) on this clock cost 1e-6 kv + 4e-3
+    clock = lambda engine, n, kv, repeats: prefill_s(n, kv) if n > 1 else 1e-6 * kv + 4e-3  # noqa: E731
+    monkeypatch.setattr(latency_model, "time_forward", clock)
+    fit = fit_latency(pair[1], n_inf=(1, 8, 32, 64), n_kv=(0, 16, 64), repeats=1)
+    want = {"a": 2e-8, "b": 3e-7, "c": 5e-4, "d": 2e-3, "c_decode": 1e-6, "d_decode": 4e-3}
+    assert {k: fit[k] for k in want} == pytest.approx(want, rel=1e-6)
+    assert [(m["n_inf"], m["n_kv"]) for m in fit["measured"]] == [
+        (n, kv) for n in (1, 8, 32, 64) for kv in (0, 16, 64)
     ]
     assert calibrate.cost_pair(fit) == "0.002:0.0005"
 
 
 def test_cost_pair_clamps_a_negative_fit_to_zero():
-    fit = {"prefill": {"fixed_s": -0.001, "per_token_s": 0.00025}}
-    assert calibrate.cost_pair(fit) == "0:0.00025"
-    fit = {"prefill": {"fixed_s": 0.004, "per_token_s": -1e-9}}
-    assert calibrate.cost_pair(fit) == "0.004:0"
+    zero = {"a": 0.0, "b": 0.0, "c_decode": 0.0, "d_decode": 0.0}
+    assert calibrate.cost_pair({**zero, "d": -0.001, "c": 0.00025}) == "0:0.00025"
+    assert calibrate.cost_pair({**zero, "d": 0.004, "c": -1e-9}) == "0.004:0"
 
 
 def test_fit_latency_times_a_real_model(pair):
-    fit = fit_latency(pair[1], ns=(1, 8), kvs=(0, 16), repeats=1)
-    assert [(m["n"], m["kv"]) for m in fit["measured"]] == [(1, 0), (1, 16), (8, 0), (8, 16)]
-    assert all(m["s"] > 0 for m in fit["measured"])
+    fit = fit_latency(pair[1], n_inf=(1, 2, 4, 8), n_kv=(0, 16), repeats=1)
+    assert [(m["n_inf"], m["n_kv"]) for m in fit["measured"]] == [
+        (n, kv) for n in (1, 2, 4, 8) for kv in (0, 16)
+    ]
+    assert all(m["seconds"] > 0 for m in fit["measured"])
 
 
 def hand_entropies(slm, tokenizer, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -93,9 +88,9 @@ def hand_entropies(slm, tokenizer, pairs: list[tuple[str, str]]) -> np.ndarray:
 def test_cli_writes_a_config_the_plugin_accepts(tmp_path, pair, tokenizer, capsys, monkeypatch):
     # a timer with known constants: the latency fit, and so cost_slm, is exact
     monkeypatch.setattr(
-        calibrate,
-        "_timed_forward",
-        lambda model, n, kv, repeats: 0.003 + 0.0002 * n + 1e-7 * n * kv,
+        latency_model,
+        "time_forward",
+        lambda engine, n, kv, repeats: 0.003 + 0.0002 * n + 1e-7 * n * kv,
     )
     pair[0].save_pretrained(tmp_path / "slm")
     tokenizer.save_pretrained(tmp_path / "slm")

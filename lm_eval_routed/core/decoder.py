@@ -34,7 +34,7 @@ from lm_eval_routed.core.riding import Riding
 from lm_eval_routed.core.rows import GenRequest, GenResult, Row, charge, empty_result
 from lm_eval_routed.core.sampling import choose
 from lm_eval_routed.core.schedule import DecodeOptions, LLMSchedule, end_lag
-from lm_eval_routed.routers.base import Router, RouterKind, StepView
+from lm_eval_routed.routers.base import Decisions, Router, RouterKind, StepView
 
 
 class MixedDecoder:
@@ -138,7 +138,8 @@ class MixedDecoder:
         """The SLM's step over ``rows`` and each one's outcome; returns the tokens the SLM was fed."""
         routed = None
         if self.blind:  # decided first: rows that wait or take the LLM's token skip the SLM step
-            routed = self._route(rows, self.router.pre_route([r.route_gen for r in rows]))
+            decided = self.router.pre_route([r.route_gen for r in rows])
+            routed = self._route(rows, Decisions.one_call_each(decided))
             outcomes = self._outcomes(rows, routed)
             for row, result in zip(rows, outcomes):
                 row.waiting = result is Outcome.WAIT
@@ -156,21 +157,25 @@ class MixedDecoder:
         tokens, _ = choose(out.logits, rows)
         if routed is None:
             gens = [r.route_gen for r in rows]
-            view = StepView(out.logits, out.hidden, torch.tensor(tokens), gens)
-            routed = self._route(rows, self.router.route(view))
+            context = torch.tensor([len(r.seq) + len(r.unchecked.tokens) for r in rows])
+            view = StepView(out.logits, out.hidden, torch.tensor(tokens), gens, context)
+            routed = self._route(rows, self.router.route_step(view))
         outcomes = self._outcomes(rows, routed)  # blind rows' too: guessing may have stopped
         self._apply(rows, tokens, routed, outcomes)
         charge(rows, fed, time.perf_counter() - start)
         return sum(fed)
 
-    def _route(self, rows: list[Row], decided: Tensor) -> list[bool]:
-        """Count and charge one router call over ``rows``; returns its decisions."""
-        routed = decided.tolist()
+    def _route(self, rows: list[Row], decided: Decisions) -> list[bool]:
+        """Count the router's decisions over ``rows`` and charge each row its calls; returns them."""
+        routed = decided.chosen.tolist()
         self.counters.count_routed(routed)
-        for row in rows:
-            row.tally.router_calls += 1
-            row.tally.modeled_latency_s += self.costs.router
+        self._charge_calls(rows, decided.calls)
         return routed
+
+    def _charge_calls(self, rows: list[Row], calls: list[int]) -> None:
+        for row, n in zip(rows, calls):
+            row.tally.router_calls += n
+            row.tally.modeled_latency_s += n * self.costs.router
 
     def _outcomes(self, rows: list[Row], routed: list[bool]) -> list[Outcome]:
         """Each row's outcome, from its facts as they stand now."""
@@ -234,10 +239,9 @@ class MixedDecoder:
             row.waiting = False
         if self.kind is RouterKind.STITCH:
             view = StepView(logits, hidden, torch.tensor(tokens), [r.route_gen for r in rows])
-            keep = self.router.keep_llm(view).tolist()
-            for row, stay in zip(rows, keep):
-                row.tally.router_calls += 1
-                row.tally.modeled_latency_s += self.costs.router
+            keep = self.router.keep_step(view)
+            self._charge_calls(rows, keep.calls)
+            for row, stay in zip(rows, keep.chosen.tolist()):
                 row.waiting = stay and row.finish is None
 
     # -- speculative decoding ------------------------------------------------------------------

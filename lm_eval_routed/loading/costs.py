@@ -7,7 +7,8 @@ import time
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a timer reads what a forward took."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -19,10 +20,10 @@ def measure_forward_cost(engine, repeats: int = 3, long: int = 32) -> tuple[floa
         best = float("inf")
         for _ in range(repeats):
             cache = engine.new_cache(1, long + 1)
-            _sync(engine.device)
+            sync_device(engine.device)
             start = time.perf_counter()
             engine.forward(cache, [0], [0], [[engine.pad_id] * n])
-            _sync(engine.device)
+            sync_device(engine.device)
             best = min(best, time.perf_counter() - start)
         return best
 

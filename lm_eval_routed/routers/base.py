@@ -40,12 +40,27 @@ class StepView:
         token: (b,) the token that model proposes (greedy or sampled).
         gens: one routing generator per row, seeded per sample, so decisions do not depend on the
             batch a sample lands in.
+        context: (b,) tokens before the position (prompt + generated), where the decoder gives it.
     """
 
     logits: Tensor
     hidden: Tensor
     token: Tensor
     gens: list[torch.Generator] = field(default_factory=list)
+    context: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """A router's answers for b rows, and the router calls each row is charged for them."""
+
+    chosen: Tensor  # (b,) bool
+    calls: list[int]  # per row: router calls (params_router and cost_router are charged per call)
+
+    @classmethod
+    def one_call_each(cls, chosen: Tensor) -> Decisions:
+        """Answers that cost each row one router call."""
+        return cls(chosen, [1] * chosen.shape[0])
 
 
 class Router:
@@ -69,6 +84,14 @@ class Router:
     def keep_llm(self, llm: StepView) -> Tensor:
         """``STITCH`` routers only. (b,) bool: True where the LLM keeps control after its token."""
         return torch.zeros(llm.token.shape[0], dtype=torch.bool, device=llm.token.device)
+
+    def route_step(self, slm: StepView) -> Decisions:
+        """``route`` with the calls it cost each row: one each, unless the router says otherwise."""
+        return Decisions.one_call_each(self.route(slm))
+
+    def keep_step(self, llm: StepView) -> Decisions:
+        """``keep_llm`` with the calls it cost each row: one each, unless the router says otherwise."""
+        return Decisions.one_call_each(self.keep_llm(llm))
 
     @property
     def num_params(self) -> int:
@@ -191,7 +214,14 @@ def _known(name: str) -> None:
 
 
 def _load_builtin() -> None:
-    from lm_eval_routed.routers import citer, entropy, r2r, speculative, static  # noqa: F401
+    from lm_eval_routed.routers import (  # noqa: F401
+        citer,
+        entropy,
+        r2r,
+        rstitch_plus,
+        speculative,
+        static,
+    )
 
 
 def file_sha256(path: str) -> str:

@@ -7,9 +7,9 @@ a share s of calibration tokens lies above it. In stitch mode the LLM then keeps
 confident again, so the share of tokens it finally writes is at least s; the per-token router
 (``entropy-token``) sends exactly the tokens above the threshold, in nats (also written).
 
-The latency model times plain forwards of each model over n new tokens on a cache of length kv and fits,
-by least squares, prefill(n, kv) = a + b n + c n kv and decode(kv) = d + e kv; ``cost_slm``/``cost_llm``
-(``fixed:per_token``, what the accounting's modeled latency uses) come from the prefill fit at kv = 0.
+The latency model is R-Stitch+'s (``loading/latency_model.py``), fitted per model from timed forwards;
+``cost_slm``/``cost_llm`` (``fixed:per_token``, what the accounting's modeled latency uses) are its
+prefill at kv = 0 without the quadratic term. ``calibrate latency`` fits it alone, for a config's pair.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import json
 import logging
 import math
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from lm_eval_routed.core.engine import cache_kwarg
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading import latency_model
 from lm_eval_routed.routers.entropy import entropy_nats
 from lm_eval_routed.training.common import (
     batched,
@@ -66,64 +66,29 @@ def thresholds_for(entropies: torch.Tensor, shares: list[float]) -> dict[float, 
 # -- latency -------------------------------------------------------------------------------------
 
 
-def _timed_forward(model, n: int, kv: int, repeats: int) -> float:
-    """Best-of-``repeats`` seconds of one forward over ``n`` new tokens after a ``kv``-token cache."""
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    kwarg = cache_kwarg(model)
-    best = float("inf")
-    for _ in range(repeats):
-        cache = DynamicCache()
-        with torch.inference_mode():
-            if kv:
-                model(
-                    input_ids=torch.zeros(1, kv, dtype=torch.long, device=device),
-                    **{kwarg: cache},
-                )
-            ids = torch.zeros(1, n, dtype=torch.long, device=device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(input_ids=ids, logits_to_keep=1, **{kwarg: cache})
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _lstsq(rows: list[list[float]], times: list[float]) -> tuple[list[float], float]:
-    a = torch.tensor(rows, dtype=torch.float64)
-    y = torch.tensor(times, dtype=torch.float64)
-    coef = torch.linalg.lstsq(a, y.unsqueeze(-1)).solution.flatten()
-    resid = y - a @ coef
-    r2 = 1.0 - float(resid.pow(2).sum() / (y - y.mean()).pow(2).sum().clamp_min(1e-30))
-    return [float(c) for c in coef], r2
-
-
 def fit_latency(
     model,
-    ns: tuple[int, ...] = (1, 4, 16, 64),
-    kvs: tuple[int, ...] = (0, 64, 256),
+    n_inf: tuple[int, ...] = latency_model.DEFAULT_N_INF,
+    n_kv: tuple[int, ...] = latency_model.DEFAULT_N_KV,
     repeats: int = 3,
 ) -> dict:
-    """Fitted prefill(n, kv) = a + b n + c n kv and decode(kv) = d + e kv, seconds, with R^2 each."""
-    _timed_forward(model, 1, 0, 1)  # warm-up
-    grid = [(n, kv, _timed_forward(model, n, kv, repeats)) for n in ns for kv in kvs]
-    (a, b, c), r2_p = _lstsq([[1.0, n, n * kv] for n, kv, _ in grid], [t for *_, t in grid])
-    dec = [(kv, t) for n, kv, t in grid if n == 1]
-    (d, e), r2_d = _lstsq([[1.0, kv] for kv, _ in dec], [t for _, t in dec])
+    """R-Stitch+'s latency model of ``model`` (``loading/latency_model.py``), timed on the engine a
+    run would build over it, with the timings it was fitted on."""
+    from lm_eval_routed.loading.runtime import make_engine
+
+    engine = make_engine(model, model.get_output_embeddings().weight.shape[0])
+    timings = latency_model.time_grid(engine, n_inf, n_kv, repeats)
     return {
-        "prefill": {"fixed_s": a, "per_token_s": b, "per_token_kv_s": c, "r2": r2_p},
-        "decode": {"fixed_s": d, "per_kv_s": e, "r2": r2_d},
-        "measured": [{"n": n, "kv": kv, "s": t} for n, kv, t in grid],
+        **asdict(latency_model.fit_model(timings)),
+        "measured": [asdict(t) for t in timings],
     }
 
 
 def cost_pair(fit: dict) -> str:
-    """``fixed:per_token`` for RoutedConfig's cost_slm / cost_llm (kv = 0, never negative)."""
-    pre = fit["prefill"]
-    return f"{max(pre['fixed_s'], 0.0):.6g}:{max(pre['per_token_s'], 0.0):.6g}"
+    """``fixed:per_token`` for RoutedConfig's cost_slm / cost_llm (``latency_model.cost_pair``)."""
+    fitted = {k: v for k, v in fit.items() if k != "measured"}
+    fixed, per_token = latency_model.cost_pair(latency_model.ModelLatency(**fitted))
+    return f"{fixed:.6g}:{per_token:.6g}"
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -223,18 +188,29 @@ def _write(out: Path, config: dict, details: dict, shares: list[float], taus: di
 
 
 def main(argv: list[str]) -> int:
-    """`lm-eval-routed calibrate entropy ...`."""
+    """`lm-eval-routed calibrate entropy|latency ...`."""
+    targets = {"entropy": entropy_main, "latency": latency_main}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: lm-eval-routed calibrate entropy --slm REF --data FILE --out FILE.yaml [...]")
-        return 0
-    if argv[0] != "entropy":
         print(
-            f"lm-eval-routed calibrate: unknown target {argv[0]!r}; choose: entropy",
+            "usage: lm-eval-routed calibrate entropy --slm REF --data FILE --out FILE.yaml [...]\n"
+            "       lm-eval-routed calibrate latency --config CFG --out FILE.json [...]"
+        )
+        return 0
+    if argv[0] not in targets:
+        print(
+            f"lm-eval-routed calibrate: unknown target {argv[0]!r}; choose: {', '.join(targets)}",
             file=sys.stderr,
         )
         return 2
     try:
-        return entropy_main(argv[1:])
+        return targets[argv[0]](argv[1:])
     except ConfigError as err:
-        print(f"lm-eval-routed calibrate: {err}", file=sys.stderr)
+        print(f"lm-eval-routed calibrate {argv[0]}: {err}", file=sys.stderr)
         return 2
+
+
+def latency_main(argv: list[str]) -> int:
+    """`calibrate latency`: imported when asked for (it loads the runtime's model loaders)."""
+    from lm_eval_routed.training.calibrate_latency import latency_main as run
+
+    return run(argv)
