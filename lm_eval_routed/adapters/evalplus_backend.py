@@ -32,7 +32,7 @@ from lm_eval_routed.config import RUN_ONLY_KEYS, RoutedConfig
 from lm_eval_routed.config_args import load_config, parse_arg_string
 from lm_eval_routed.core.rows import GenRequest
 from lm_eval_routed.errors import ConfigError
-from lm_eval_routed.files import append_jsonl
+from lm_eval_routed.files import append_jsonl, write_atomic
 from lm_eval_routed.loading.runtime import build_runtime, sample_seed
 
 
@@ -198,9 +198,9 @@ def wrap_codegen(original):
             model.index = _existing_samples(target_path) if resume else Counter()
             # without resuming EvalPlus still appends to the file: samples there count either way
             _check_resume(info_path, cfg, bool(_existing_samples(target_path)))
-            info_path.parent.mkdir(parents=True, exist_ok=True)
-            info_path.write_text(
-                json.dumps({**model.runtime.info(), "config": cfg}, indent=2, default=str)
+            write_atomic(
+                info_path,
+                json.dumps({**model.runtime.info(), "config": cfg}, indent=2, default=str),
             )
             model.accounting_path = Path(f"{base}.routed.jsonl")
             model.task_of = _task_ids(

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import save_atomic, write_atomic
 from lm_eval_routed.paths import router_ckpts_dir
 
 
@@ -241,15 +242,14 @@ def _r2r_official(raw: Any, path: Path) -> dict[str, Any]:
 
 def save(folder: Path, module: torch.nn.Module, config: dict[str, Any]) -> None:
     """Write ``module``'s weights and ``config`` as a checkpoint folder."""
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, folder / "model.safetensors")
+    save_atomic(folder / "model.safetensors", lambda tmp: save_file(state, tmp))
     write_config(folder, config)
 
 
 def write_config(folder: Path, config: dict[str, Any]) -> None:
     """Write a checkpoint's ``config.json`` (sorted keys, so rebuilt checkpoints compare byte for byte)."""
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def check_fits(cfg: dict[str, Any], slm: torch.nn.Module, kind: str) -> None:

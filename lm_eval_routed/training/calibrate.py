@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import write_atomic
 from lm_eval_routed.loading import latency_model
 from lm_eval_routed.routers.entropy import entropy_nats
 from lm_eval_routed.training.common import (
@@ -183,8 +184,8 @@ def _write(out: Path, config: dict, details: dict, shares: list[float], taus: di
         f"# thresholds per target share: {others}\n"
         f"# details (nats, latency fits): {out.with_suffix('.json').name}\n"
     )
-    out.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    out.with_suffix(".json").write_text(json.dumps(details, indent=2) + "\n")
+    write_atomic(out.with_suffix(".json"), json.dumps(details, indent=2) + "\n")
+    write_atomic(out, header + yaml.safe_dump(config, sort_keys=False))
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.files import write_atomic
 from lm_eval_routed.training.common import fingerprint, save_shard, shard_paths
 from lm_eval_routed.training.r2r_labels import LabelStats
 
@@ -68,5 +69,5 @@ def combine_labels(workdirs: list[Path], out: Path) -> dict:
             {"folder": w.name, "fingerprint": m["fingerprint"]} for w, m in zip(workdirs, metas)
         ],
     }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta

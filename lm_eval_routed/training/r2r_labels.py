@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from lm_eval_routed.files import write_atomic
 from lm_eval_routed.training import verifier
 from lm_eval_routed.training.common import (
     JsonlLog,
@@ -270,7 +271,7 @@ def write_meta(workdir: Path, stats: LabelStats, slm, slm_ref: str, top_k: int) 
         "top_k": top_k,
         "fingerprint": fingerprint(shard_paths(workdir / "dataset")),
     }
-    (workdir / "dataset" / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(workdir / "dataset" / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
