@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading.models import load_pair_model
-from lm_eval_routed.training.common import load_rows, pick_field
+from lm_eval_routed.training.common import claim_workdir, load_rows, pick_field
 from lm_eval_routed.training.trainer import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,22 @@ def r2r_label(args) -> dict:
 
     rows = load_rows(args.queries, args.split, args.limit)
     prompts = pick_field(rows, args.prompt_field, args.queries)
+    # what the labels depend on: a resumed folder made under other settings is refused
+    claim_workdir(
+        Path(args.workdir),
+        "r2r-label",
+        {
+            "slm": args.slm,
+            "llm": args.llm,
+            "verifier": args.verifier or "the LLM",
+            "max_new_tokens": args.max_new_tokens,
+            "stop": list(args.stop),
+            "top_k": args.top_k,
+            "cont_tokens": args.cont_tokens,
+            "chat": not args.no_chat,
+            "dtype": args.dtype,
+        },
+    )
     llm, tok = load_pair_model(args.llm, args.dtype, args.device)
     slm, slm_tok = load_pair_model(args.slm, args.dtype, args.device)
     check_same_vocab(slm_tok, tok, args.slm, args.llm)
@@ -154,6 +170,24 @@ def citer(args, label_only: bool) -> dict:
     rows = load_rows(args.data, args.split, args.limit)
     pick_field(rows, args.prompt_field, args.data)
     pick_field(rows, args.reference_field, args.data)
+    load_checker(args.checker)  # a checker that does not load fails before the models
+    # what the labels depend on (label-only and full runs share a folder's labels)
+    claim_workdir(
+        Path(args.workdir),
+        "citer",
+        {
+            "slm": args.slm,
+            "llm": args.llm,
+            "checker": args.checker,
+            "prompt_field": args.prompt_field,
+            "reference_field": args.reference_field,
+            "rollout_tokens": args.rollout_tokens,
+            "stop": list(args.stop),
+            "max_rollouts": args.max_rollouts,
+            "chat": not args.no_chat,
+            "dtype": args.dtype,
+        },
+    )
     llm, tok = load_pair_model(args.llm, args.dtype, args.device)
     slm, slm_tok = load_pair_model(args.slm, args.dtype, args.device)
     check_same_vocab(slm_tok, tok, args.slm, args.llm)

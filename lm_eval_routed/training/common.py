@@ -21,7 +21,7 @@ from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lm_eval_routed.errors import ConfigError
-from lm_eval_routed.files import append_jsonl, save_atomic
+from lm_eval_routed.files import append_jsonl, save_atomic, write_atomic
 from lm_eval_routed.loading.models import eos_ids
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,32 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
 
 
 # -- files ---------------------------------------------------------------------------------------
+
+
+def claim_workdir(workdir: Path, command: str, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``workdir`` under settings that would change what is already in it.
+
+    A label pipeline resumes from the records its work folder holds, keyed by item; records made
+    under another checker, verifier or model would be kept as if made under these. The first run
+    writes ``settings.json``; a later one must agree with it on every key, or stops in one line
+    before any model loads (a key an older folder lacks is not compared)."""
+    path = workdir / "settings.json"
+    settings = json.loads(json.dumps({"command": command, **settings}, default=str))
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise ConfigError(
+                f"{path} is not readable JSON ({err}); delete it to start over"
+            ) from None
+        changed = [k for k in settings if k in before and before[k] != settings[k]]
+        if changed:
+            key = changed[0]
+            raise ConfigError(
+                f"{workdir} holds work made with {key}={before[key]!r}, not {settings[key]!r}; "
+                "give another --workdir, or delete that one to start over"
+            )
+    write_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 class JsonlLog:
