@@ -1,9 +1,10 @@
-"""Batch-1 latency beside the batched figures: the demo's extra pass, the leaderboard's columns, the plot."""
+"""Batch-1 latency beside the batched figures: the demo's extra pass, the columns, the plot."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from lm_eval_routed.jobs.demo import DEMO_TASKS, LATENCY_B1_TASK, demo_configs, demo_passes
@@ -121,3 +122,25 @@ def test_the_demo_scores_the_decode_bound_task_again_at_batch_1_on_a_subset():
     # a reduced demo reduces the subset too; a run without the decode-bound task has no such pass
     assert demo_passes(out, list(DEMO_TASKS), 3, 8)[1].limit == 3
     assert [p.tasks for p in demo_passes(out, ["routed_demo"], None, 8)] == [["routed_demo"]]
+
+
+def test_the_leaderboard_command_reads_a_sweeps_batch1_cells(tmp_path):
+    from lm_eval_routed.jobs.merge import main
+
+    for folder, cells in ((tmp_path / "demo", batched()), (tmp_path / "demo" / "batch1", batch1())):
+        for s in cells:
+            path = folder / "runs" / s["label"].replace(" ", "_") / f"{s['task']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(s))
+    assert main([str(tmp_path / "demo"), "--out", str(tmp_path / "board")]) == 0
+    table = csv.DictReader(io.StringIO((tmp_path / "board" / "leaderboard.csv").read_text()))
+    got = {
+        (r["config"], r["task"]): (r["latency_b1_s"], r["speedup_b1_vs_llm_only"]) for r in table
+    }
+    assert got == {
+        ("llm-only", "routed_demo"): ("", ""),
+        ("r2r", "routed_demo"): ("", ""),
+        ("llm-only", COT): ("2.0", "1.0"),
+        ("r2r", COT): ("0.8", "2.5"),
+        (batched()[4]["label"], COT): ("", ""),
+    }
