@@ -154,6 +154,8 @@ def _panel(
 ) -> None:
     if not pts:
         ax.text(0.5, 0.5, empty, ha="center", fontsize=8, transform=ax.transAxes)
+        ax.set_xticks([])  # no scale to read on a panel with nothing on it
+        ax.set_yticks([])
         return
     xy = {r["config"]: (r[key] * scale, r["accuracy"]) for r in pts}
     front = pareto_front(list(xy.values()))
