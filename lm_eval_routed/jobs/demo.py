@@ -6,13 +6,18 @@ a distilled student as the SLM), all offline: ``routed_demo`` (short answers, pr
 writes ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.html`` and ``pareto.png`` to the output
 folder. Each trained router shipped in ``router_ckpts/`` also gets its control on each task: random
 routing at the LLM share the router reached there (``matched_control``), so "does it beat random at
-equal cost?" is one glance at the table. Finished cells are kept: re-running resumes.
+equal cost?" is one glance at the table. The papers' speedups are single-request latencies, so the
+decode-bound task is also scored at batch size 1 on its first ``LATENCY_B1_DOCS`` problems, every
+configuration again as its own cells under ``OUT/batch1/``; their mean latency per sample is the
+leaderboard's ``latency_b1_s``. Finished cells are kept: re-running resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.jobs.launch import SweepIncomplete
@@ -22,6 +27,11 @@ from lm_eval_routed.jobs.sweep_cli import job_logging, positive_int
 from lm_eval_routed.paths import router_ckpts_dir
 
 DEMO_TASKS = ("routed_demo", "routed_demo_cot")
+# the decode-bound task, where single-request latency is what the papers' speedups measure
+LATENCY_B1_TASK = "routed_demo_cot"
+# batch 1 costs about as much per problem as batch 8 costs per 8 (2 CPU cores): a third of the
+# task keeps the demo's wall time within a few minutes of the batched passes
+LATENCY_B1_DOCS = 16
 
 # baselines first, then routers from cheapest to dearest knob
 DEMO_CONFIGS: list[dict] = [
@@ -46,6 +56,29 @@ def demo_configs() -> list[dict]:
                 {"router": kind, "router_ckpt": str(folder), "name": f"{kind} (demo ckpt)"}
             )
     return configs
+
+
+@dataclass(frozen=True)
+class DemoPass:
+    """One sweep of the demo: its configurations on its tasks, at one batch size, into one folder."""
+
+    configs: list[dict]
+    tasks: list[str]
+    out: Path
+    base: dict
+    limit: int | None
+
+
+def demo_passes(out: Path, tasks: list[str], limit: int | None, batch_size: int) -> list[DemoPass]:
+    """The batched pass over ``tasks``, then, where the decode-bound task is among them, the same
+    configurations on it at batch size 1 on its first ``LATENCY_B1_DOCS`` problems (``OUT/batch1``)."""
+    base = {"config": "demo", "batch_size": batch_size}
+    passes = [DemoPass(demo_configs(), tasks, out, base, limit)]
+    if LATENCY_B1_TASK in tasks:
+        subset = min(limit or LATENCY_B1_DOCS, LATENCY_B1_DOCS)
+        b1 = {**base, "batch_size": 1}
+        passes.append(DemoPass(demo_configs(), [LATENCY_B1_TASK], out / "batch1", b1, subset))
+    return passes
 
 
 def matched_control(router: dict, run) -> dict:
@@ -85,29 +118,30 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     job_logging()
 
-    from pathlib import Path
-
     out = Path(args.out)
-    base = {"config": "demo", "batch_size": args.batch_size}
     tasks = [t for t in args.tasks.split(",") if t.strip()]
+    batched, *batch1_passes = demo_passes(out, tasks, args.limit, args.batch_size)
 
     def run(configs: list[dict], on: list[str]) -> list[dict]:
-        return run_sweep(configs, on, out, base=base, limit=args.limit)
+        return run_sweep(configs, on, out, base=batched.base, limit=args.limit)
 
     try:
-        summaries = run(demo_configs(), tasks)
+        summaries = run(batched.configs, batched.tasks)
         routers = [
             s for s in summaries if s["config"]["router"] in ("r2r", "citer") and s["accounting"]
         ]
         for router in routers:  # each control on its router's task only: shares differ by task
             control = matched_control(router, lambda cfg, t=router["task"]: run([cfg], [t])[0])
             summaries.append({**control, "control_of": router["label"]})
+        batch1 = [
+            s for p in batch1_passes for s in run_sweep(p.configs, p.tasks, p.out, p.base, p.limit)
+        ]
     except SweepIncomplete as err:
         print(f"lm-eval-routed demo: {err}", file=sys.stderr)
         return 1
     except ConfigError as err:
         print(f"lm-eval-routed demo: {err}", file=sys.stderr)
         return 2
-    print(write_leaderboard(summaries, out))
+    print(write_leaderboard(summaries, out, batch1=batch1))
     print(f"leaderboard.md, leaderboard.csv, leaderboard.html and pareto.png written to {out}/")
     return 0

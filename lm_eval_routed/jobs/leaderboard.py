@@ -27,6 +27,8 @@ COLUMNS = (
     "speedup_vs_llm_only",
     "modeled_speedup_vs_llm_only",
     "n",
+    "latency_b1_s",
+    "speedup_b1_vs_llm_only",
 )
 NOMINAL = (
     "activated_params_nominal"  # a column only when some configuration was given nominal sizes
@@ -55,11 +57,19 @@ def primary_metric(
     raise ValueError(f"no numeric metric in {sorted(metrics)}")
 
 
-def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> list[dict[str, Any]]:
-    """One row per (config, task); speedups are against the llm-only row of the same task."""
-    base = {
-        s["task"]: s["accounting"] for s in summaries if s["config"].get("router") == "llm-only"
-    }
+def build_rows(
+    summaries: list[dict[str, Any]],
+    metric: str | None = None,
+    batch1: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (config, task); speedups are against the llm-only row of the same task.
+
+    ``batch1`` holds cells of the same configurations (same labels) scored at batch size 1, often on a
+    subset: their mean latency per sample is the row's ``latency_b1_s``, beside the batched figures.
+    """
+    base = _llm_only(summaries)
+    b1 = {(s["label"], s["task"]): s["accounting"] for s in batch1 or []}
+    b1_base = _llm_only(batch1 or [])
     rows = []
     for s in summaries:
         _, value, stderr = primary_metric(s["metrics"], metric)
@@ -79,12 +89,23 @@ def build_rows(summaries: list[dict[str, Any]], metric: str | None = None) -> li
                 "speedup_vs_llm_only": _speedup(ref, acc, "latency_s"),
                 "modeled_speedup_vs_llm_only": _speedup(ref, acc, "modeled_latency_s"),
                 "n": s["n_samples"],
+                "latency_b1_s": (b1.get((s["label"], s["task"])) or {}).get("latency_s"),
+                "speedup_b1_vs_llm_only": _speedup(
+                    b1_base.get(s["task"]), b1.get((s["label"], s["task"])) or {}, "latency_s"
+                ),
                 "model_args": model_args(s["config"]),
                 # set by the demo on a random control: the label of the router it is matched to
                 "control_of": s.get("control_of"),
             }
         )
     return sorted(rows, key=lambda r: (r["task"], r["activated_params"] or 0))
+
+
+def _llm_only(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each task's llm-only accounting: the reference every speedup is taken against."""
+    return {
+        s["task"]: s["accounting"] for s in summaries if s["config"].get("router") == "llm-only"
+    }
 
 
 def _speedup(ref: dict | None, acc: dict, key: str) -> float | None:
@@ -137,12 +158,18 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_leaderboard(summaries: list[dict[str, Any]], out: Path, metric: str | None = None) -> str:
-    """Write leaderboard.md, .csv, .html and pareto.png into ``out``; return the Markdown."""
+def write_leaderboard(
+    summaries: list[dict[str, Any]],
+    out: Path,
+    metric: str | None = None,
+    batch1: list[dict[str, Any]] | None = None,
+) -> str:
+    """Write leaderboard.md, .csv, .html and pareto.png into ``out``; return the Markdown
+    (``batch1``: as ``build_rows``')."""
     from lm_eval_routed.jobs.leaderboard_html import render_html
     from lm_eval_routed.jobs.pareto import entries, pareto_png
 
-    rows = build_rows(summaries, metric)
+    rows = build_rows(summaries, metric, batch1)
     text = to_markdown(rows)
     png = pareto_png(rows)
     numbers = {label: e.number for label, e in entries(rows).items()}

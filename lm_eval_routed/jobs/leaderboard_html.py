@@ -31,6 +31,12 @@ HTML_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("speedup_vs_llm_only", "speedup", "llm-only's wall-clock latency / this one's"),
     ("modeled_speedup_vs_llm_only", "modeled speedup", "the same on modeled latency"),
     ("n", "n", "samples scored"),
+    (
+        "latency_b1_s",
+        "latency b1 (s)",
+        "wall-clock seconds per sample at batch size 1, on a subset",
+    ),
+    ("speedup_b1_vs_llm_only", "speedup b1", "llm-only's batch-1 latency / this one's"),
 )
 
 _CSS = """

@@ -6,7 +6,8 @@ results file. Every (configuration, task) found becomes a row in the same ``lead
 ``.csv``, ``.html`` and ``pareto.png`` a sweep writes. A configuration met twice on the same task
 (the same sweep given twice, a cell copied into another sweep, a sweep and the lm-eval run it
 repeats) is one row, the first found; one label met under different settings (another pair,
-threshold, ``limit``, ...) is refused in one line: its rows would not be one configuration.
+threshold, ``limit``, ...) is refused in one line: its rows would not be one configuration. A sweep
+folder's batch-1 cells (``OUT/batch1/``, the demo's) fill the ``latency_b1_s`` column.
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     job_logging()
     try:
-        board = write_leaderboard(merge_runs(args.runs), args.out, metric=args.metric)
+        summaries = merge_runs(args.runs)
+        singles = [p / "batch1" for p in args.runs if (p / "batch1" / "runs").is_dir()]
+        batch1 = merge_runs(singles) if singles else None
+        board = write_leaderboard(summaries, args.out, metric=args.metric, batch1=batch1)
     except ConfigError as err:
         print(f"lm-eval-routed leaderboard: {err}", file=sys.stderr)
         return 2

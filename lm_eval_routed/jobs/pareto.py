@@ -6,7 +6,8 @@ Numbers are placed by a greedy search around their point that refuses any spot o
 number, a point or the axes' edge (a thin leader line joins a number pushed away from its point). A
 random control shares its router's colour, is drawn hollow and is joined to its router by a dashed
 line. Error bars are one standard error; the grey step line is the Pareto front (no configuration
-both cheaper and more accurate).
+both cheaper and more accurate). The batch-1 latency panel appears when some row has that measurement
+(the demo's decode-bound task); a task without it says so in its panel.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ COST_VIEWS: tuple[tuple[str, str, float], ...] = (
     ("activated_params", "activated params per token (M, R2R's definition)", 1e-6),
     ("activated_params_charged", "charged params per token (M: every position scored)", 1e-6),
     ("modeled_latency_s", "modeled latency per sample (s)", 1.0),
+    ("latency_b1_s", "wall latency per sample at batch 1 (s, a subset)", 1.0),
 )
 BASELINES = ("slm-only", "llm-only")
+# what an empty panel says, where "no data" would mislead
+_EMPTY = {"latency_b1_s": "not measured at batch 1 on this task"}
 _RADII = (6, 10, 15, 21, 28, 36, 46, 58)  # points from the marker's centre
 _ANGLES = (45, 135, -45, -135, 90, -90, 0, 180, 22, 158, -22, -158, 68, 112, -68, -112)
 
@@ -104,7 +108,8 @@ def pareto_figure(rows: list[dict[str, Any]]):
     )
     for row_axes, task in zip(axes, tasks):
         for ax, (key, xlabel, scale) in zip(row_axes, views):
-            _panel(ax, [r for r in rows if r["task"] == task and r.get(key)], key, scale, marks)
+            pts = [r for r in rows if r["task"] == task and r.get(key)]
+            _panel(ax, pts, key, scale, marks, _EMPTY.get(key, "no data"))
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_title(task, fontsize=9)
         row_axes[0].set_ylabel("accuracy (± 1 s.e.)")
@@ -139,9 +144,18 @@ def pareto_figure(rows: list[dict[str, Any]]):
     return fig
 
 
-def _panel(ax, pts: list[dict[str, Any]], key: str, scale: float, marks: dict[str, Entry]) -> None:
+def _panel(
+    ax,
+    pts: list[dict[str, Any]],
+    key: str,
+    scale: float,
+    marks: dict[str, Entry],
+    empty: str = "no data",
+) -> None:
     if not pts:
-        ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, empty, ha="center", fontsize=8, transform=ax.transAxes)
+        ax.set_xticks([])  # no scale to read on a panel with nothing on it
+        ax.set_yticks([])
         return
     xy = {r["config"]: (r[key] * scale, r["accuracy"]) for r in pts}
     front = pareto_front(list(xy.values()))
