@@ -258,6 +258,7 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     slm_dtype = resolve_dtype(cfg.slm_dtype or cfg.dtype, device)
+    router = None
     if slm is None or llm is None:
         for ref in (cfg.slm, cfg.llm):  # damaged local files, before any weight loads
             preflight(ref)
@@ -270,6 +271,8 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
         slm, slm_tok = load_model(cfg.slm, slm_dtype, device, cfg.trust_remote_code)
         check_vocab_fits(slm, slm_tok, cfg.slm, "slm")
         _check_llm_vocab(cfg, slm_tok)
+        # the router reads the SLM alone: a checkpoint that does not fit it fails before the LLM loads
+        router = make_router(cfg.router, cfg, slm)
         if llm is None:
             llm, tokenizer = load_model(cfg.llm, dtype, device, cfg.trust_remote_code)
         check_same_vocab(slm_tok, tokenizer, cfg.slm, cfg.llm)
@@ -284,7 +287,8 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     slm_engine = make_engine(slm, vocab, cfg.engine, cfg.prepack)
     # the LLM's logits meet the SLM's rows (sampling generators, routers) on the SLM's device
     llm_engine = make_engine(llm, vocab, cfg.engine, cfg.prepack, output_device=slm_engine.device)
-    router = make_router(cfg.router, cfg, slm)
+    if router is None:  # models handed in
+        router = make_router(cfg.router, cfg, slm)
     params_slm, params_llm = count_params(slm), count_params(llm)
     costs = _cost_model(cfg, slm_engine, llm_engine)
     decoder = MixedDecoder(
