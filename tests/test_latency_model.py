@@ -12,7 +12,7 @@ import torch
 
 from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.errors import ConfigError
-from lm_eval_routed.loading import latency_model
+from lm_eval_routed.loading import costs, latency_model
 from lm_eval_routed.loading.latency_model import (
     Forward,
     LatencyModel,
@@ -96,7 +96,7 @@ class ClockedEngine:
 
 def test_timing_an_engine_over_the_grid_recovers_its_clock(monkeypatch):
     engine = ClockedEngine()
-    monkeypatch.setattr(latency_model, "time", SimpleNamespace(perf_counter=lambda: engine.now))
+    monkeypatch.setattr(costs, "time", SimpleNamespace(perf_counter=lambda: engine.now))
     ticks = []
     timings = latency_model.time_grid(
         engine, GRID_N, GRID_KV, repeats=2, progress=lambda: ticks.append(1)

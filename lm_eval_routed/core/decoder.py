@@ -157,7 +157,9 @@ class MixedDecoder:
         tokens, _ = choose(out.logits, rows)
         if routed is None:
             gens = [r.route_gen for r in rows]
-            context = torch.tensor([len(r.seq) + len(r.unchecked.tokens) for r in rows])
+            context = None
+            if self.router.reads_context:  # built only for a router that reads it: a hot path
+                context = torch.tensor([len(r.seq) + len(r.unchecked.tokens) for r in rows])
             view = StepView(out.logits, out.hidden, torch.tensor(tokens), gens, context)
             routed = self._route(rows, self.router.route_step(view))
         outcomes = self._outcomes(rows, routed)  # blind rows' too: guessing may have stopped

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from lm_eval_routed.adapters.joins import bare, records_by_sample
 from lm_eval_routed.config import Affects, RoutedConfig, keys_affecting
 from lm_eval_routed.files import write_atomic
-from lm_eval_routed.jobs.matrix import slug
+from lm_eval_routed.jobs.matrix import path_safe, slug
 from lm_eval_routed.jobs.summaries import config_dict, summarize
 from lm_eval_routed.loading.runtime import RoutedRuntime, build_runtime, with_costs
 
@@ -57,7 +56,7 @@ def own_accounting(cell: Cell) -> Cell:
     path = cell.cfg.accounting_path
     if not path:
         return cell
-    task = re.sub(r"[^A-Za-z0-9_.=-]+", "_", cell.task).strip("_")
+    task = path_safe(cell.task)
     own = Path(path).with_name(f"{Path(path).stem}.{cell.slug}.{task}{Path(path).suffix}")
     return Cell(cell.cfg.replace(accounting_path=str(own)), cell.task)
 

@@ -117,7 +117,12 @@ def preflight_matrix(
 
 def slug(cfg: RoutedConfig) -> str:
     """A configuration's folder name under ``OUT/runs/``: its label, made path-safe."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", cfg.label).strip("_")
+    return path_safe(cfg.label)
+
+
+def path_safe(text: str) -> str:
+    """``text`` as a file or folder name: runs of other characters become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
 def check_unique_tasks(tasks: list[str]) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.files import write_atomic
-from lm_eval_routed.loading.costs import sync_device
+from lm_eval_routed.loading.costs import time_forward
 
 FORMAT = "lm-eval-routed latency model"
 VERSION = 1
@@ -117,22 +116,6 @@ def fit_model(timings: Iterable[Timing]) -> ModelLatency:
     )
     (c_dec, d_dec), r2_d = _lstsq([[t.n_kv, 1.0] for t in dec], [t.seconds for t in dec])
     return ModelLatency(a, b, c, d, c_dec, d_dec, r2_p, r2_d)
-
-
-def time_forward(engine, n_inf: int, n_kv: int, repeats: int = 3) -> float:
-    """Best-of-``repeats`` seconds of one engine forward over ``n_inf`` new tokens after ``n_kv``
-    cached ones (``HFEngine.forward``, as the decoder calls it; one row)."""
-    cache = engine.new_cache(1, n_kv + n_inf)
-    if n_kv:
-        engine.forward(cache, [0], [0], [[engine.pad_id] * n_kv])
-    best = math.inf
-    for _ in range(repeats):  # each repeat writes the same slots after the same cached prefix
-        sync_device(engine.device)
-        start = time.perf_counter()
-        engine.forward(cache, [0], [n_kv], [[engine.pad_id] * n_inf])
-        sync_device(engine.device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def time_grid(

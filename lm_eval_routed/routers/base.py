@@ -40,7 +40,7 @@ class StepView:
         token: (b,) the token that model proposes (greedy or sampled).
         gens: one routing generator per row, seeded per sample, so decisions do not depend on the
             batch a sample lands in.
-        context: (b,) tokens before the position (prompt + generated), where the decoder gives it.
+        context: (b,) tokens before the position (prompt + generated), for routers that read it.
     """
 
     logits: Tensor
@@ -68,6 +68,9 @@ class Router:
 
     name: ClassVar[str] = "base"
     kind: ClassVar[RouterKind] = RouterKind.TOKEN
+    reads_context: ClassVar[bool] = (
+        False  # StepView.context is filled in only for routers that read it
+    )
     threshold: float | None = None
 
     def route(self, slm: StepView) -> Tensor:

@@ -72,6 +72,7 @@ class RStitchPlus(EntropyStitch):
     """Switch to the LLM where the SLM's entropy exceeds tau and the policy says so."""
 
     name = KIND
+    reads_context = True
 
     def __init__(self, net: PolicyNet, threshold: float, info: dict) -> None:
         super().__init__(threshold)
