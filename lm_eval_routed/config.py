@@ -177,6 +177,14 @@ class RoutedConfig:
     cost_router: float | None = setting(
         None, _O, "seconds per router call (modeled latency)", shown="0"
     )
+    latency_model: str | None = setting(
+        None,
+        _O | _S,
+        "a latency model's JSON (`calibrate latency`, or an `rstitch-plus` checkpoint's "
+        "`latency.json`): modeled latency then prices each forward by its fitted T_prefill / "
+        "T_decode at the row's cache length, and the schedule weighs its costs at an empty cache; "
+        "instead of `cost_slm` / `cost_llm`",
+    )
     params_slm_nominal: float | None = setting(
         None,
         _O,
@@ -233,6 +241,11 @@ class RoutedConfig:
                     f"{key}={value[0]:g}:{value[1]:g}: seconds cannot be negative "
                     "(fixed_s:per_token_s, e.g. 0.03:0.001; leave it out to measure)"
                 )
+        if self.latency_model is not None and (self.cost_slm or self.cost_llm):
+            raise ConfigError(
+                f"latency_model={self.latency_model} prices the forwards that cost_slm / cost_llm "
+                "would: give one or the other"
+            )
         if self.cost_router is not None and self.cost_router < 0:
             raise ConfigError(f"cost_router={self.cost_router:g}: seconds cannot be negative")
         _check_nominal(self.params_slm_nominal, self.params_llm_nominal)

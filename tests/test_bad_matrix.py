@@ -129,6 +129,14 @@ CASES = {
         "configs: [{accounting_path: empty_dir}]\n" + TASKS,
         "accounting_path 'empty_dir' is a folder; give a file path inside it",
     ),
+    "latency_model_missing": (
+        "configs: [{router: llm-only}, {latency_model: no_latency.json}]\n" + TASKS,
+        "configs #2 (slm-only): latency model no_latency.json: no such file",
+    ),
+    "latency_model_bad": (
+        "configs: [{latency_model: empty.yaml}]\n" + TASKS,
+        "configs #1 (slm-only): latency model empty.yaml is not valid JSON",
+    ),
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 class Model(str, Enum):
@@ -37,15 +37,24 @@ class ForwardCost(NamedTuple):
         return self.fixed + self.per_token * tokens
 
 
+class ForwardPrices(Protocol):
+    """Modeled seconds of one forward of ``model`` over ``n_inf`` new tokens after ``n_kv`` cached
+    ones (R-Stitch+'s latency model, ``loading/latency_model.LatencyModel``)."""
+
+    def seconds(self, model: Model, n_inf: int, n_kv: int) -> float: ...
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Seconds per forward call of each model (``ForwardCost``, or a (fixed, per_token) pair), and
-    ``router`` seconds per router call."""
+    ``router`` seconds per router call. With ``prices``, modeled latency prices each forward by them
+    (the cache length counts); ``slm`` / ``llm`` still set the schedule's cost rule."""
 
     slm: ForwardCost
     llm: ForwardCost
     router: float = 0.0
-    source: str = "config"  # "config" or "measured"
+    source: str = "config"  # "config", "measured" or "latency_model"
+    prices: ForwardPrices | None = None
 
     def __post_init__(self) -> None:
         for model in Model:  # pairs from a config or a script read as records
@@ -55,8 +64,11 @@ class CostModel:
         """The forward cost of ``model``."""
         return self.slm if model == Model.SLM else self.llm
 
-    def forward_s(self, model: Model, tokens: int) -> float:
-        """Modeled seconds of one forward of ``model`` over ``tokens`` tokens."""
+    def forward_s(self, model: Model, tokens: int, cached: int = 0) -> float:
+        """Modeled seconds of one forward of ``model`` over ``tokens`` new tokens after ``cached``
+        ones (the cache length counts only with ``prices``)."""
+        if self.prices is not None:
+            return self.prices.seconds(model, tokens, cached)
         return self.of(model).seconds(tokens)
 
 

@@ -160,7 +160,8 @@ class MixedDecoder:
             context = None
             if self.router.reads_context:  # built only for a router that reads it: a hot path
                 context = torch.tensor([len(r.seq) + len(r.unchecked.tokens) for r in rows])
-            view = StepView(out.logits, out.hidden, torch.tensor(tokens), gens, context)
+            requests = [r.index for r in rows]
+            view = StepView(out.logits, out.hidden, torch.tensor(tokens), gens, context, requests)
             routed = self._route(rows, self.router.route_step(view))
         outcomes = self._outcomes(rows, routed)  # blind rows' too: guessing may have stopped
         self._apply(rows, tokens, routed, outcomes)
@@ -240,7 +241,8 @@ class MixedDecoder:
             self._commit(row, token, Model.LLM)
             row.waiting = False
         if self.kind is RouterKind.STITCH:
-            view = StepView(logits, hidden, torch.tensor(tokens), [r.route_gen for r in rows])
+            gens, requests = [r.route_gen for r in rows], [r.index for r in rows]
+            view = StepView(logits, hidden, torch.tensor(tokens), gens, requests=requests)
             keep = self.router.keep_step(view)
             self._charge_calls(rows, keep.calls)
             for row, stay in zip(rows, keep.chosen.tolist()):
@@ -282,9 +284,9 @@ class MixedDecoder:
         cached = [r.cached[model] for r in rows]
         slots = [r.slot for r in rows]
         out = engine.forward(self._caches[model], slots, cached, new, **asked)
-        for row, tokens, rides in zip(rows, new, riding or [False] * len(rows)):
+        for row, tokens, before, rides in zip(rows, new, cached, riding or [False] * len(rows)):
             n = len(tokens)
-            cost = self.costs.llm.per_token * n if rides else self.costs.forward_s(model, n)
+            cost = self.costs.llm.per_token * n if rides else self.costs.forward_s(model, n, before)
             row.fed(model, n, cost)
         fed = [len(t) for t in new]
         if self.trace is not None:

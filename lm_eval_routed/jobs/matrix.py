@@ -98,8 +98,8 @@ def preflight_matrix(
 ) -> list[RoutedConfig]:
     """Every configuration of a matrix built and checked, and every path it names, before any model
     loads or file is written: ``include_path``, task YAML paths, ``config`` files, router checkpoints
-    (their files read as far as their headers), local model folders, ``accounting_path`` and
-    ``offload_folder``, and the output folder ``out`` (made with its parents later, so only a file in
+    (their files read as far as their headers), local model folders, ``accounting_path``,
+    ``offload_folder`` and ``latency_model``, and the output folder ``out`` (made with its parents later, so only a file in
     its way is refused). Returns the configurations, in order. ``source`` (the matrix file) starts
     each error."""
     try:
@@ -243,6 +243,7 @@ def _checked_config(index: int, given: dict[str, Any], base: dict[str, Any]) -> 
     for key, check in (
         ("accounting_path", check_writable_file),
         ("offload_folder", check_writable_folder),
+        ("latency_model", _check_latency_model),
     ):
         value = getattr(cfg, key)
         if value is not None:
@@ -251,6 +252,13 @@ def _checked_config(index: int, given: dict[str, Any], base: dict[str, Any]) -> 
             except ConfigError as err:
                 raise ConfigError(f"{where(key)} ({cfg.label}): {err}") from None
     return cfg
+
+
+def _check_latency_model(path: Path, key: str) -> None:
+    """A latency model's JSON, read whole (``loading/latency_model.load``)."""
+    from lm_eval_routed.loading import latency_model
+
+    latency_model.load(path)
 
 
 def _check_model_ref(ref: str, key: str) -> None:

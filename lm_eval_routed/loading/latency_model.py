@@ -82,6 +82,11 @@ class LatencyModel:
         """The fit of ``model``."""
         return self.slm if model is Model.SLM else self.llm
 
+    def seconds(self, model: Model, n_inf: int, n_kv: int) -> float:
+        """Modeled seconds of a forward of ``model`` (a run's cost model prices forwards by it:
+        ``core/accounting.ForwardPrices``); a forward fed nothing costs nothing."""
+        return self.of(model).forward(n_inf, n_kv) if n_inf > 0 else 0.0
+
 
 # -- the fit ---------------------------------------------------------------------------------------
 

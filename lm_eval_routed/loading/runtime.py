@@ -6,6 +6,7 @@ back ``GenResult``; prompt encoding, truncation and run info live here so they b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import logging
@@ -13,6 +14,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from lm_eval_routed.core.native import checked_engine, unsupported
 from lm_eval_routed.core.rows import GenRequest, GenResult
 from lm_eval_routed.core.schedule import Schedule, decode_options
 from lm_eval_routed.errors import ConfigError
+from lm_eval_routed.loading import latency_model
 from lm_eval_routed.loading.costs import measure_forward_cost
 from lm_eval_routed.loading.models import (
     ParamCount,
@@ -101,6 +104,28 @@ class RoutedRuntime:
             log.warning("prompt of %d tokens truncated from the left to %d", len(ids), room)
             ids = ids[-room:]
         return ids
+
+    def with_router(self, router: Router) -> RoutedRuntime:
+        """This runtime with ``router`` in place of its own, over the same engines, cost model and
+        decoding options (a router of the same kind: the options follow from the kind); this one is
+        left as it was. Training routes with a policy it samples and updates between runs."""
+        if router.kind is not self.router.kind:
+            raise ConfigError(
+                f"with_router takes a {self.router.kind.value} router like {self.router.name!r}, "
+                f"not {router.name!r} ({router.kind.value})"
+            )
+        old = self.decoder
+        decoder = MixedDecoder(
+            old.slm,
+            old.llm,
+            router,
+            self.tokenizer,
+            old.costs,
+            dataclasses.replace(old.params, router=router.num_params),
+            old.eos_ids,
+            old.options,
+        )
+        return dataclasses.replace(self, router=router, decoder=decoder)
 
     def generate(self, requests: list[GenRequest], on_done=None) -> list[GenResult]:
         """Run the decoder over ``requests`` at the configured batch size."""
@@ -196,6 +221,7 @@ class RoutedRuntime:
                     "llm": list(costs.llm),
                     "router": costs.router,
                     "source": costs.source,
+                    "latency_model": self.cfg.latency_model,
                 },
                 "versions": _versions(),
             }
@@ -255,6 +281,8 @@ def sample_seed(base: int, *parts: object) -> int:
 def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> RoutedRuntime:
     """Load (or take already loaded) models and assemble the decoder for ``cfg``."""
     check_router(cfg)  # a typo or a missing checkpoint fails before minutes of loading
+    if cfg.latency_model:  # so does a latency model that cannot be read
+        latency_model.load(Path(cfg.latency_model))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     slm_dtype = resolve_dtype(cfg.slm_dtype or cfg.dtype, device)
@@ -362,7 +390,10 @@ def make_engine(
 
 def with_costs(cfg: RoutedConfig, costs: CostModel) -> RoutedConfig:
     """``cfg`` with the cost constants it leaves to measurement taken from ``costs`` (another runtime
-    over the same pair), so runs share one cost model, and with it their schedule, and measure once."""
+    over the same pair), so runs share one cost model, and with it their schedule, and measure once;
+    a config that prices forwards by a latency model keeps it."""
+    if cfg.latency_model:
+        return cfg
     return cfg.replace(
         cost_slm=cfg.cost_slm or tuple(costs.slm),
         cost_llm=cfg.cost_llm or tuple(costs.llm),
@@ -371,6 +402,15 @@ def with_costs(cfg: RoutedConfig, costs: CostModel) -> RoutedConfig:
 
 
 def _cost_model(cfg: RoutedConfig, slm: HFEngine, llm: HFEngine) -> CostModel:
+    if cfg.latency_model:  # read before any model loads (build_runtime): here it cannot fail
+        fit = latency_model.load(Path(cfg.latency_model))
+        return CostModel(
+            latency_model.cost_pair(fit.slm),
+            latency_model.cost_pair(fit.llm),
+            cfg.cost_router or 0.0,
+            source="latency_model",
+            prices=fit,
+        )
     if cfg.cost_slm and cfg.cost_llm:
         return CostModel(cfg.cost_slm, cfg.cost_llm, cfg.cost_router or 0.0, source="config")
     # A few timed warm-up forwards per model; recorded in run info so runs stay comparable.

@@ -41,6 +41,8 @@ class StepView:
         gens: one routing generator per row, seeded per sample, so decisions do not depend on the
             batch a sample lands in.
         context: (b,) tokens before the position (prompt + generated), for routers that read it.
+        requests: each row's request, as its index in the decoder's ``generate`` list (a router that
+            records its decisions per sample, as R-Stitch+'s training does, keys them by it).
     """
 
     logits: Tensor
@@ -48,6 +50,7 @@ class StepView:
     token: Tensor
     gens: list[torch.Generator] = field(default_factory=list)
     context: Tensor | None = None
+    requests: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
