@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib.util
 import json
 import logging
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from lm_eval_routed.config_args import load_config  # noqa: E402
 from lm_eval_routed.core.rows import GenRequest  # noqa: E402
-from lm_eval_routed.loading import demo_pair  # noqa: E402
+from lm_eval_routed.loading import demo_pair, latency_model  # noqa: E402
 from lm_eval_routed.loading.runtime import build_runtime  # noqa: E402
 from lm_eval_routed.routers import checkpoint  # noqa: E402
 from lm_eval_routed.training.citer import (  # noqa: E402
@@ -40,7 +41,7 @@ from lm_eval_routed.training.citer import (  # noqa: E402
     run_citer,
     split_by_sample,
 )
-from lm_eval_routed.training.common import JsonlLog  # noqa: E402
+from lm_eval_routed.training.common import JsonlLog, claim_workdir  # noqa: E402
 from lm_eval_routed.training.r2r_combine import combine_labels  # noqa: E402
 from lm_eval_routed.training.r2r_labels import LabelOptions, build_labels  # noqa: E402
 from lm_eval_routed.training.r2r_train import (  # noqa: E402
@@ -48,6 +49,12 @@ from lm_eval_routed.training.r2r_train import (  # noqa: E402
     load_dataset,
     split_by_response,
     train_r2r,
+)
+from lm_eval_routed.training.rstitch_rollouts import Prompt  # noqa: E402
+from lm_eval_routed.training.rstitch_train import (  # noqa: E402
+    RStitchPlusOptions,
+    fit_latency,
+    train_rstitch_plus,
 )
 from lm_eval_routed.training.trainer import TrainOptions  # noqa: E402
 
@@ -346,13 +353,130 @@ def demo_citer(pair, rows: list[dict], cot: list[dict], work: Path, out: Path) -
     }
 
 
+# R-Stitch+: worked problems of make_cot_data's training seed after those R2R, CITER and the target
+# shares used (never routed_demo_cot's); tau low enough that the policy is asked where the student goes
+# wrong (at 0.1 the always-switching policy keeps the SLM's accuracy), lambda per second of L-hat
+RSP_CANDIDATES = 320  # decoded by the LLM alone; the first RSP_PROMPTS it solves are trained on
+RSP_PROMPTS = 96
+RSP_OPTIONS = RStitchPlusOptions(
+    threshold=0.02,
+    lam=0.25,
+    group=8,
+    prompts_per_step=8,
+    steps=24,
+    updates=2,
+    lr=3e-4,
+    width=64,
+    context_scale=512.0,
+    max_new_tokens=COT_TOKENS,
+    stop=COT_STOP,
+    seed=0,
+    init_switch=0.9,
+)
+
+
+def demo_rstitch_plus(pair, work: Path, out: Path) -> dict:
+    """Fit the latency model on the demo pair, train router_ckpts/demo-rstitch-plus by RL (DAPO)."""
+    slm, llm, tok = pair
+    folder = work / "rstitch-plus"
+    rows = llm_solved(pair, cot_rows(RSP_CANDIDATES, skip=COT_TRAIN + COT_TARGET), folder)
+    rows = rows[:RSP_PROMPTS]
+    claim_workdir(
+        folder,
+        "rstitch-plus",
+        {
+            "slm": "demo:slm",
+            "llm": "demo:llm",
+            "checker": "demo_checker",
+            "data": _rows_digest(rows),
+            **RSP_OPTIONS.settings(),
+        },
+    )
+    # the schedule only batches: tokens do not depend on it, so no cost needs measuring here
+    cfg = {
+        "config": "demo",
+        "router": "entropy",
+        "threshold": RSP_OPTIONS.threshold,
+        "batch_size": 16,
+        "cost_slm": "0:0",
+        "cost_llm": "0:0",
+    }
+    runtime = build_runtime(load_config(cfg), slm=slm, llm=llm, tokenizer=tok)
+    latency_file = folder / "latency.json"
+    if latency_file.is_file():
+        latency = latency_model.load(latency_file)
+    else:
+        latency = fit_latency(runtime)
+        latency_model.save(latency_file, latency)
+    prompts = [Prompt(tok(r["prompt"], add_special_tokens=False)["input_ids"], r) for r in rows]
+    last = train_rstitch_plus(
+        runtime,
+        prompts,
+        demo_checker,
+        RSP_OPTIONS,
+        folder,
+        out / "demo-rstitch-plus",
+        latency,
+        slm_ref="demo:slm",
+        data_fingerprint=_rows_digest(rows),
+    )
+    cot = [r["prompt"] for r in cot_rows(COT_TARGET, skip=COT_TRAIN)]
+    cot_share = decode_share(
+        pair, "rstitch-plus", out / "demo-rstitch-plus", cot, COT_TOKENS, COT_STOP
+    )
+    path = out / "demo-rstitch-plus" / "config.json"
+    config = json.loads(path.read_text())
+    config["metrics"]["decode_llm_share_cot"] = round(cot_share, 4)
+    config["metrics"]["decode_prompts_cot"] = len(cot)
+    checkpoint.write_config(out / "demo-rstitch-plus", config)
+    return {"rstitch_plus": {**last, "decode_llm_share_cot": round(cot_share, 4)}}
+
+
+def llm_solved(pair, rows: list[dict], folder: Path) -> list[dict]:
+    """The rows the LLM alone answers right (greedy, as routed_demo_cot decodes), kept in
+    ``solved.json``: where the answer is within the pair's reach, a group's rewards differ by the
+    router's choices; on a problem the LLM fails every rollout scores 0 and its group is dropped."""
+    path = folder / "solved.json"
+    if path.is_file():
+        solved = json.loads(path.read_text())
+    else:
+        slm, llm, tok = pair
+        cfg = {
+            "config": "demo",
+            "router": "llm-only",
+            "batch_size": 16,
+            "cost_slm": "0:0",
+            "cost_llm": "0:0",
+        }
+        runtime = build_runtime(load_config(cfg), slm=slm, llm=llm, tokenizer=tok)
+        reqs = [
+            GenRequest(
+                tok(r["prompt"], add_special_tokens=False)["input_ids"], COT_TOKENS, stop=COT_STOP
+            )
+            for r in rows
+        ]
+        results = runtime.generate(reqs)
+        solved = [demo_checker(res.text, row) for res, row in zip(results, rows)]
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(solved) + "\n")
+    logging.info("the LLM alone solves %d of %d candidate problems", sum(solved), len(rows))
+    return [row for row, ok in zip(rows, solved) if ok]
+
+
+def _rows_digest(rows: list[dict]) -> str:
+    """sha256 of the training rows as JSON (what the policy was trained on)."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Label, train and write the demo routers; print their label and validation figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=str(ROOT / "build" / "demo-routers"))
     p.add_argument("--out", default=str(ROOT / "router_ckpts"))
     p.add_argument(
-        "--only", choices=("r2r", "citer"), help="train one router (each trains on its own seeds)"
+        "--only",
+        choices=("r2r", "citer", "rstitch-plus"),
+        help="train one router (each trains on its own seeds)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -367,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         summary |= demo_r2r((slm, llm, tok), rows, cot, work, out)
     if args.only in (None, "citer"):
         summary |= demo_citer((slm, llm, tok), rows, cot[:CITER_COT], work, out)
+    if args.only in (None, "rstitch-plus"):
+        summary |= demo_rstitch_plus((slm, llm, tok), work, out)
     print(json.dumps(summary, indent=2))
     return 0
 

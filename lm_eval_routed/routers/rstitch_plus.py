@@ -54,8 +54,12 @@ class PolicyNet(nn.Module):
         scaled = context.to(hidden).unsqueeze(-1) / self.context_scale
         return torch.cat([hidden, scaled], dim=-1)
 
+    def logits_of(self, features: Tensor) -> Tensor:
+        """(b, 2) action logits from ``features`` rows (b, H + 1): training replays stored ones."""
+        return self.out(torch.relu(self.inp(features)))
+
     def forward(self, hidden: Tensor, context: Tensor) -> Tensor:
-        return self.out(torch.relu(self.inp(self.features(hidden, context))))
+        return self.logits_of(self.features(hidden, context))
 
 
 def net_of(cfg: dict[str, Any]) -> PolicyNet:
@@ -87,9 +91,17 @@ class RStitchPlus(EntropyStitch):
             if slm.context is None:
                 raise RuntimeError("rstitch-plus needs the context length in the step's view")
             dtype = next(self.net.parameters()).dtype
-            logits = self.net(slm.hidden[above].to(dtype), slm.context.to(above.device)[above])
-            switch[above] = logits.argmax(-1) == SWITCH  # a tie keeps the SLM (index 0 first)
+            features = self.net.features(
+                slm.hidden[above].to(dtype), slm.context.to(above.device)[above]
+            )
+            asked = above.nonzero().flatten().tolist()
+            switch[above] = self.act(features, slm, asked).to(switch.device)
         return Decisions(switch.cpu(), above.int().tolist())
+
+    def act(self, features: Tensor, slm: StepView, asked: list[int]) -> Tensor:
+        """(n,) bool, switch or not, at the ``asked`` rows of ``slm`` (features (n, H + 1)):
+        the argmax action; a tie keeps the SLM (index 0 first). Training samples instead."""
+        return self.net.logits_of(features).argmax(-1) == SWITCH
 
     def route(self, slm: StepView) -> Tensor:
         return self.route_step(slm).chosen

@@ -4,6 +4,7 @@
     train r2r        --slm REF --data DIR --out router_ckpts/NAME
     train citer-label --slm REF --llm REF --data FILE --checker MOD:FN --workdir DIR
     train citer      --slm REF --llm REF --data FILE --checker MOD:FN --workdir DIR --out router_ckpts/NAME
+    train rstitch-plus --config CFG --data FILE --checker MOD:FN --workdir DIR --out router_ckpts/NAME
 
 A model REF is a hub id, a local folder, a ``.gguf`` file, or ``demo:slm`` / ``demo:llm``.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading.models import load_pair_model
-from lm_eval_routed.training.common import claim_workdir, load_rows, pick_field
+from lm_eval_routed.training.common import claim_workdir, fingerprint, load_rows, pick_field
 from lm_eval_routed.training.trainer import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,45 @@ def _parser() -> argparse.ArgumentParser:
         if name == "citer":
             p.add_argument("--out", required=True)
             _training(p, 1e-4, 0.0, 256)
+    _rstitch_plus_parser(sub)
     return top
+
+
+def _rstitch_plus_parser(sub) -> None:
+    from lm_eval_routed.training.rstitch_train import RStitchPlusOptions
+
+    d = RStitchPlusOptions()
+    p = sub.add_parser("rstitch-plus", help="R-Stitch+'s router by RL (DAPO) on answer rewards")
+    p.add_argument("--config", help="config file or preset naming the pair (as config= takes)")
+    p.add_argument("--model-args", default="", help="k=v,... over the config (slm=, llm=, device=)")
+    p.add_argument("--data", required=True, help="JSONL/datasets id with the prompts (and answers)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--no-chat", action="store_true", help="use prompts as raw text")
+    p.add_argument("--checker", required=True, help="MOD:FN, FN(text, row) -> bool")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--latency", help="latency model JSON (default: fitted on the run's engines)")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="tau, normalized entropy")
+    p.add_argument("--lam", type=float, default=d.lam, help="lambda, per second of L-hat")
+    p.add_argument("--group", type=int, default=d.group, help="rollouts per prompt")
+    p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--updates", type=int, default=d.updates, help="gradient steps per batch")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--init-switch",
+        type=float,
+        default=d.init_switch,
+        help="the policy's switch probability before training, at every consulted position",
+    )
+    p.add_argument("--width", type=int, default=d.width, help="the policy's hidden width")
+    p.add_argument("--context-scale", type=float, default=d.context_scale)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--stop", action="append", default=[], help="string that ends a response")
+    p.add_argument("--batch-size", type=int, default=16, help="rows decoded at once")
+    p.add_argument("--seed", type=int, default=d.seed)
 
 
 def _train_opts(args) -> TrainOptions:
@@ -220,6 +259,85 @@ def citer(args, label_only: bool) -> dict:
     )
 
 
+def rstitch_plus(args) -> dict:
+    """R-Stitch+: fit the latency model (unless given), then every RL step, then the checkpoint."""
+    from lm_eval_routed.config_args import load_config, parse_arg_string
+    from lm_eval_routed.loading import latency_model
+    from lm_eval_routed.loading.runtime import build_runtime
+    from lm_eval_routed.training.citer import load_checker
+    from lm_eval_routed.training.rstitch_train import (
+        RStitchPlusOptions,
+        fit_latency,
+        load_prompts,
+        train_rstitch_plus,
+    )
+
+    opts = RStitchPlusOptions(
+        threshold=args.threshold,
+        lam=args.lam,
+        group=args.group,
+        prompts_per_step=args.prompts_per_step,
+        steps=args.steps,
+        updates=args.updates,
+        lr=args.lr,
+        width=args.width,
+        context_scale=args.context_scale,
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+        seed=args.seed,
+        init_switch=args.init_switch,
+    )
+    opts.check()  # every mistake below is refused before a model loads
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size} must be at least 1")
+    rows = load_rows(args.data, args.split, args.limit)
+    pick_field(rows, args.prompt_field, args.data)
+    checker = load_checker(args.checker)
+    given = {"config": args.config} if args.config else {}
+    # rollouts decode as an entropy run at tau (the policy joins it); the schedule only batches
+    # rows, so the costs it weighs need no measuring
+    given |= {
+        **parse_arg_string(args.model_args),
+        "router": "entropy",
+        "threshold": opts.threshold,
+        "batch_size": args.batch_size,
+        "cost_slm": "0:0",
+        "cost_llm": "0:0",
+    }
+    cfg = load_config(given)
+    latency = latency_model.load(Path(args.latency)) if args.latency else None
+    workdir = Path(args.workdir)
+    claim_workdir(
+        workdir,
+        "rstitch-plus",
+        {
+            "slm": cfg.slm,
+            "llm": cfg.llm,
+            "dtype": cfg.dtype,
+            "checker": args.checker,
+            "data": args.data,
+            "prompt_field": args.prompt_field,
+            "limit": args.limit,
+            "chat": not args.no_chat,
+            "latency": args.latency,
+            **opts.settings(),
+        },
+    )
+    runtime = build_runtime(cfg)
+    fitted = workdir / "latency.json"
+    if latency is None and fitted.is_file():
+        latency = latency_model.load(fitted)
+    if latency is None:  # the first step: timed on the engines the rollouts run on
+        latency = fit_latency(runtime)
+        latency_model.save(fitted, latency)
+    prompts = load_prompts(rows, args.prompt_field, runtime.tokenizer, not args.no_chat, args.data)
+    data = Path(args.data)
+    digest = fingerprint([data]) if data.is_file() else args.data
+    return train_rstitch_plus(
+        runtime, prompts, checker, opts, workdir, Path(args.out), latency, cfg.slm, digest
+    )
+
+
 def main(argv: list[str]) -> int:
     """`lm-eval-routed train SUBCOMMAND ...`; prints the resulting summary as JSON."""
     args = _parser().parse_args(argv)
@@ -229,6 +347,7 @@ def main(argv: list[str]) -> int:
         "r2r": r2r,
         "citer-label": lambda a: citer(a, label_only=True),
         "citer": lambda a: citer(a, label_only=False),
+        "rstitch-plus": rstitch_plus,
     }[args.what]
     try:
         summary = run(args)
