@@ -227,6 +227,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
         "llm-only",
         "random p=0.15",
         "entropy t=0.15",
+        "entropy t=0.02",
         "entropy-token",
         "speculative",
     ):
@@ -239,7 +240,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
         < float(rows["random p=0.4"]["activated_params"])
         < float(rows["llm-only"]["activated_params"])
     )
-    for kind in ("r2r", "citer"):  # each shipped router, and random at the share it reached
+    for kind in ("r2r", "citer", "rstitch-plus"):  # each shipped router, and its control
         assert f"{kind} (demo ckpt)" in rows
         assert any(name.endswith(f"(share-matched to {kind} (demo ckpt))") for name in rows)
     assert (tmp_path / "pareto.png").stat().st_size > 1000

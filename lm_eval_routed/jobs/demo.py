@@ -33,12 +33,19 @@ LATENCY_B1_TASK = "routed_demo_cot"
 # task keeps the demo's wall time within a few minutes of the batched passes
 LATENCY_B1_DOCS = 16
 
+# the shipped demo routers (router_ckpts/demo-<kind>), each scored beside its share-matched control
+TRAINED = ("r2r", "citer", "rstitch-plus")
+
 # baselines first, then routers from cheapest to dearest knob
 DEMO_CONFIGS: list[dict] = [
     {"router": "slm-only"},
     {"router": "llm-only"},
     {"router": "random", "p": 0.15},
     {"router": "random", "p": 0.4},
+    # R-Stitch's thresholds: a front R-Stitch+ is read against; 0.02 is the tau the demo's
+    # rstitch-plus was trained under (the policy is asked only where this entropy rule would switch)
+    {"router": "entropy", "threshold": 0.02},
+    {"router": "entropy", "threshold": 0.05},
     {"router": "entropy", "threshold": 0.15},
     {"router": "entropy", "threshold": 0.3},
     {"router": "entropy-token", "threshold": 1.5},
@@ -49,7 +56,7 @@ DEMO_CONFIGS: list[dict] = [
 def demo_configs() -> list[dict]:
     """The fixed list plus any trained demo routers shipped in router_ckpts/."""
     configs = list(DEMO_CONFIGS)
-    for kind in ("r2r", "citer"):
+    for kind in TRAINED:
         folder = router_ckpts_dir() / f"demo-{kind}"
         if (folder / "model.safetensors").is_file():
             configs.append(
@@ -128,7 +135,7 @@ def main(argv: list[str]) -> int:
     try:
         summaries = run(batched.configs, batched.tasks)
         routers = [
-            s for s in summaries if s["config"]["router"] in ("r2r", "citer") and s["accounting"]
+            s for s in summaries if s["config"]["router"] in TRAINED and s["accounting"]
         ]
         for router in routers:  # each control on its router's task only: shares differ by task
             control = matched_control(router, lambda cfg, t=router["task"]: run([cfg], [t])[0])
