@@ -236,15 +236,22 @@ class RowKVCache:
         """Write packed keys/values (S, H, D) at the planned slots; return the layer's buffers."""
         assert self.plan is not None, "RowKVCache.prepare() must run before each forward"
         plan = self.plan.to(key.device)  # a layer's buffers live on the device it runs on
-        if layer_idx == len(self.keys):  # first forward: size the buffers from the model's shapes
-            shape = (self.batch + 1, key.shape[1], self.capacity, key.shape[2])
-            self.keys.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
-            self.values.append(torch.zeros(shape, dtype=value.dtype, device=value.device))
-        k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
+        k_buf, v_buf = self.buffers(layer_idx, key.shape[1], key.shape[2], key.dtype, key.device)
         # two advanced indices around a slice address (S, H, D): the packed dimension first
         k_buf[plan.write_rows, :, plan.write_slots] = key
         v_buf[plan.write_rows, :, plan.write_slots] = value
         return k_buf, v_buf
+
+    def buffers(
+        self, layer_idx: int, heads: int, dim: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """The layer's key/value buffers (B + 1, heads, capacity, dim), made on first use (layers
+        in order): sized from the model's shapes by whichever forward reaches them first."""
+        if layer_idx == len(self.keys):
+            shape = (self.batch + 1, heads, self.capacity, dim)
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=device))
+        return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Unused by our forwards (we pass positions); present for the Cache interface."""
@@ -253,6 +260,15 @@ class RowKVCache:
     @property
     def is_compileable(self) -> bool:
         return False
+
+
+def write_one(
+    k_buf: Tensor, v_buf: Tensor, slots: Tensor, positions: Tensor, key: Tensor, value: Tensor
+) -> None:
+    """Write one token per row, key/value (b, H, D), at slot ``positions[i]`` of row ``slots[i]``:
+    the static-shape decode step's write (compiled.py), one index op per buffer."""
+    k_buf[slots, :, positions] = key
+    v_buf[slots, :, positions] = value
 
 
 def attend(
