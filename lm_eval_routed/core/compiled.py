@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_eval_routed.core import cpu_linear
-from lm_eval_routed.core.cache import RowKVCache, additive, sdpa, write_one
+from lm_eval_routed.core.cache import RowKVCache, additive, write_one
 from lm_eval_routed.core.engine import ForwardOut, HFEngine
 from lm_eval_routed.core.native import (
     NativeEngine,
@@ -169,6 +169,19 @@ class CompiledStep:
         return cache.keys, cache.values
 
 
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """One query per row (n, heads, D) over its row's slots (n, kv heads, capacity, D), written
+    out so the compiler fuses it with the gather: torch's CPU SDPA kernel, built for long queries,
+    cost more than the rest of a small model's step here. Scores and softmax in float32."""
+    n, heads, dim = q.shape
+    group = heads // k.shape[1]  # query heads per KV head
+    qg = q.view(n, k.shape[1], group, dim).float()  # (n, kv heads, group, D)
+    scores = torch.einsum("nhgd,nhcd->nhgc", qg, k.float()) * scale + mask.float()
+    weights = torch.softmax(scores, dim=-1)
+    out = torch.einsum("nhgc,nhcd->nhgd", weights, v.float())  # (n, kv heads, group, D)
+    return out.to(q.dtype).view(n, heads, dim)
+
+
 def _step(
     step: CompiledStep,
     ids: Tensor,
@@ -191,8 +204,7 @@ def _step(
     for layer, k_buf, v_buf in zip(step.layers, keys, values):
         q, k, v = attention_inputs(layer, h, cos, sin)  # (n, heads, D) each
         write_one(k_buf, v_buf, slots, positions, k, v)
-        # (n, kv heads, capacity, D): each row's own slots, its new token's included
-        out = sdpa(q[:, :, None], k_buf[slots], v_buf[slots], mask, layer.scaling, engine.repeat_kv)
+        out = _attention(q, k_buf[slots], v_buf[slots], mask, layer.scaling)
         h = layer_output(layer, h, out.reshape(h.shape[0], -1))
     h = rms_norm(h, base.norm)
     return step.head(h)[:, : engine.vocab_size].float(), h
