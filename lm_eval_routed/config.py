@@ -136,6 +136,13 @@ class RoutedConfig:
         "`native` (one loop over Llama/Mistral/Qwen2/Qwen3 weights), `hf` (Hugging Face's modules), "
         "`auto`: native where it covers the model and agrees with hf on a probe forward",
     )
+    compile: bool = setting(
+        False,
+        _O | _S,
+        "decode steps of one token per row (the SLM's step, the LLM's plain decode) run at static "
+        "shapes through `torch.compile` (CUDA graphs on a GPU), native engine only; the first steps "
+        "of each batch size compile (seconds to minutes); logits agree to rounding, not bitwise",
+    )
     llm_device_map: str | None = setting(
         None,
         _S | _L,

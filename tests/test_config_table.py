@@ -19,7 +19,7 @@ OTHER = {
     "slm": "other:slm", "llm": "other:llm", "router": "random", "threshold": 0.5, "p": 0.3,
     "router_ckpt": "ckpt", "gamma": 2, "dtype": "bfloat16", "slm_dtype": "bfloat16",
     "device": "cpu", "batch_size": 8, "max_length": 64, "max_gen_toks": 32, "llm_min_batch": 2,
-    "guess_ahead": 3, "llm_lookahead": False, "prepack": False, "engine": "hf",
+    "guess_ahead": 3, "llm_lookahead": False, "prepack": False, "engine": "hf", "compile": True,
     "llm_device_map": "cpu", "max_memory": "cpu:1GiB", "offload_folder": "off", "schedule": "lockstep",
     "seed": 7, "cost_slm": (0.1, 0.01), "cost_llm": (0.2, 0.02), "cost_router": 0.001,
     "params_slm_nominal": 1.5e9, "params_llm_nominal": 32e9, "accounting_path": "a.jsonl",

@@ -11,9 +11,11 @@ the linear layers see exactly the tokens there are. ``PackedPlan`` says where ea
     forward is bound by kernel launches, which a per-row loop multiplies (docs/performance.md). On
     the CPU both paths decode at the same speed, and per row copies nothing, which matters at long
     contexts.
-Decode steps over slots 0..b-1 with one token each take a third, cheapest way: one batched call over
-views. Rolling a row back (rejected speculative drafts) is lowering its length: stale slots are
-overwritten before anything reads them.
+Where a variable-length kernel runs (CUDA with flash-attn installed: ``varlen.py``), it takes the
+place of both: the packed queries as they are, no row padded to the longest row's. Decode steps over
+slots 0..b-1 with one token each take the cheapest way: one batched call over views. Rolling a row
+back (rejected speculative drafts) is lowering its length: stale slots are overwritten before anything
+reads them.
 
 Masks are additive (0 / -inf in the model's dtype) and built once per forward: SDPA would otherwise
 turn a boolean mask into one in every layer. Where torch has no fused kernel for a masked call with
@@ -24,12 +26,15 @@ repeated first, as Hugging Face's own SDPA path does, so the efficient kernel ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend
+
+from lm_eval_routed.core import varlen
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class PackedPlan:
     dense_mask: Tensor | None = None
     # set when the cache gathers (GPU) and the forward is not a dense decode step
     gathered: Gathered | None = None
+    # set instead where a variable-length kernel runs (varlen.py) and the step is not dense
+    varlen: varlen.Varlen | None = None
     repeat_kv: bool = False  # repeat grouped KV heads before masked calls (module docstring)
     # this plan's copies per device, shared by the copies (a model spread over devices: placement.py)
     copies: dict = field(default_factory=dict, repr=False, compare=False)
@@ -105,6 +112,7 @@ class PackedPlan:
                     out_index=move(g.out_index),
                     mask=move(g.mask),
                 ),
+                varlen=self.varlen and self.varlen.to(device, non_blocking),
                 copies=self.copies,
             )
         return self.copies[device]
@@ -133,6 +141,7 @@ class RowKVCache:
         gather: bool | None = None,
         dtype: torch.dtype = torch.float32,
         repeat_kv: bool = False,
+        varlen_fn: Callable | None | bool = True,
     ) -> None:
         self.batch = batch
         self.capacity = capacity
@@ -141,6 +150,11 @@ class RowKVCache:
         self.repeat_kv = repeat_kv  # decided once per model by its engine (fused_masked_gqa)
         # gathered on GPU (fewer kernel launches), per row elsewhere (no copies): module docstring
         self.gather = self.device.type == "cuda" if gather is None else gather
+        # a variable-length kernel where one runs here (varlen.kernel: the one place that
+        # chooses); False: none; a function: that one (tests)
+        if varlen_fn is True:
+            varlen_fn = varlen.kernel(self.device, dtype)
+        self.varlen_fn = varlen_fn or None
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
         self.plan: PackedPlan | None = None
@@ -163,7 +177,8 @@ class RowKVCache:
         width = round_up(offset, multiple)
         from_zero = rows == list(range(len(rows)))  # slots 0..b-1: a view of the buffers suffices
         dense = len(rows) if from_zero and offset == len(rows) else 0
-        gather = self.gather and not dense
+        var = self.varlen_fn is not None and not dense
+        gather = self.gather and not dense and not var
         kv_max, q_max = max(s.kv for s in spans), max(s.new for s in spans)
         uneven = dense and min(s.kv for s in spans) != kv_max
         # a token's position is also its slot in its row (padding: position 0 of the trash row)
@@ -186,7 +201,7 @@ class RowKVCache:
                 lists["slots"] = rows
         flat = torch.tensor([i for v in lists.values() for i in v], device=self.device)
         t = dict(zip(lists, flat.split([len(v) for v in lists.values()])))
-        need_masks = uneven or gather or any(s.new > 1 for s in spans)
+        need_masks = uneven or gather or (not var and any(s.new > 1 for s in spans))
         # CUDA's efficient kernel copies a mask whose rows are not 16-aligned, in every layer: build
         # masks over aligned rows and hand out views (columns past kv_max are masked anyway)
         align = 16 if self.device.type == "cuda" else 1
@@ -205,13 +220,17 @@ class RowKVCache:
                 q_max=q_max,
                 kv_max=kv_max,
             )
-        else:
+        elif not var:
             for s in spans:
                 if s.new > 1 and (s.new, s.kv) not in masks:
                     # query i (at position kv - new + i) sees slots 0..kv - new + i
                     cols = slot_ids[None, : round_up(s.kv, align)]
                     seen = cols <= t["positions"][s.offset : s.offset + s.new, None]
                     masks[(s.new, s.kv)] = additive(seen, self.dtype)[:, : s.kv]
+        var_plan = None
+        if var:
+            news, kvs = [s.new for s in spans], [s.kv for s in spans]
+            var_plan = varlen.plan(self.varlen_fn, rows, news, kvs, self.device)
         self.plan = PackedPlan(
             spans=tuple(spans),
             positions=t["positions"][None],
@@ -222,6 +241,7 @@ class RowKVCache:
             dense_kv=kv_max,
             dense_mask=dense_mask,
             gathered=gathered,
+            varlen=var_plan,
             repeat_kv=self.repeat_kv,
         )
         return self.plan
@@ -236,15 +256,22 @@ class RowKVCache:
         """Write packed keys/values (S, H, D) at the planned slots; return the layer's buffers."""
         assert self.plan is not None, "RowKVCache.prepare() must run before each forward"
         plan = self.plan.to(key.device)  # a layer's buffers live on the device it runs on
-        if layer_idx == len(self.keys):  # first forward: size the buffers from the model's shapes
-            shape = (self.batch + 1, key.shape[1], self.capacity, key.shape[2])
-            self.keys.append(torch.zeros(shape, dtype=key.dtype, device=key.device))
-            self.values.append(torch.zeros(shape, dtype=value.dtype, device=value.device))
-        k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
+        k_buf, v_buf = self.buffers(layer_idx, key.shape[1], key.shape[2], key.dtype, key.device)
         # two advanced indices around a slice address (S, H, D): the packed dimension first
         k_buf[plan.write_rows, :, plan.write_slots] = key
         v_buf[plan.write_rows, :, plan.write_slots] = value
         return k_buf, v_buf
+
+    def buffers(
+        self, layer_idx: int, heads: int, dim: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """The layer's key/value buffers (B + 1, heads, capacity, dim), made on first use (layers
+        in order): sized from the model's shapes by whichever forward reaches them first."""
+        if layer_idx == len(self.keys):
+            shape = (self.batch + 1, heads, self.capacity, dim)
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=device))
+        return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Unused by our forwards (we pass positions); present for the Cache interface."""
@@ -253,6 +280,15 @@ class RowKVCache:
     @property
     def is_compileable(self) -> bool:
         return False
+
+
+def write_one(
+    k_buf: Tensor, v_buf: Tensor, slots: Tensor, positions: Tensor, key: Tensor, value: Tensor
+) -> None:
+    """Write one token per row, key/value (b, H, D), at slot ``positions[i]`` of row ``slots[i]``:
+    the static-shape decode step's write (compiled.py), one index op per buffer."""
+    k_buf[slots, :, positions] = key
+    v_buf[slots, :, positions] = value
 
 
 def attend(
@@ -266,6 +302,8 @@ def attend(
     """
     _, heads, width, dim = query.shape
     plan = plan.to(query.device)
+    if plan.varlen is not None:
+        return varlen.attend(query, k_buf, v_buf, plan.varlen, scale)
     if plan.gathered is not None:
         return _attend_gathered(query, k_buf, v_buf, plan.gathered, scale, plan.repeat_kv)
     if plan.dense:

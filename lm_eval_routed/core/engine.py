@@ -26,6 +26,7 @@ import inspect
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -33,6 +34,9 @@ from transformers import AttentionInterface
 
 from lm_eval_routed.core import cpu_linear
 from lm_eval_routed.core.cache import PackedPlan, RowKVCache, attend, fused_masked_gqa, round_up
+
+if TYPE_CHECKING:  # compiled.py builds on this module
+    from lm_eval_routed.core.compiled import CompiledStep
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,8 @@ class HFEngine:
         self.device = execution_device(self.model, self.model.get_input_embeddings())
         self.output_device = output_device or self.device
         self.vocab_size = vocab_size  # logits are cut to the vocabulary both models share
+        # decode steps of one token per row at static shapes (compiled.py); None: the packed path
+        self.compiled: CompiledStep | None = None
         self.pad_id = 0
         # 4 rows suit CPU GEMMs (module docstring); 8 keeps GPU tensor-core shapes aligned
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 4)
@@ -159,10 +165,11 @@ class HFEngine:
             )
 
     def new_cache(self, batch: int, capacity: int) -> RowKVCache:
-        """An empty cache for ``batch`` slots of up to ``capacity`` tokens each."""
+        """An empty cache for ``batch`` slots of up to ``capacity`` tokens each (more where a
+        compiled step rounds it up, so that runs of similar lengths share its graphs)."""
         return RowKVCache(
             batch,
-            capacity,
+            capacity if self.compiled is None else self.compiled.room(capacity),
             self.device,
             gather=self.gather,
             dtype=self.dtype,
@@ -186,6 +193,8 @@ class HFEngine:
         new-token indices ``at[i]`` (then ``(b, max_i len(at[i]), V)``, zero-padded); over the
         vocabulary both models share, or over this model's whole head (``whole_head``: scoring).
         """
+        if self.compiled is not None and self.compiled.takes(tokens, all_logits, at, whole_head):
+            return self.compiled(cache, rows, lengths, [t[0] for t in tokens])
         order = sorted(range(len(rows)), key=rows.__getitem__)  # packed in slot order
         plan = cache.prepare(
             [rows[i] for i in order],

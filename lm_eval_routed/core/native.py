@@ -161,6 +161,26 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def attention_inputs(layer: _Layer, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, ...]:
+    """A layer's rotated queries and keys and its values over (S, H) inputs: (S, heads, D) each."""
+    width, d, nq, nkv = h.shape[0], layer.head_dim, layer.nq, layer.nkv
+    x = layer.qkv(rms_norm(h, layer.norm1))
+    if layer.q_norm is None:  # rotate q and k as one tensor: fewer ops, the same values
+        qk = rotate(x[:, : nq + nkv].view(width, -1, d), cos, sin)
+        q, k = qk[:, : layer.q_heads], qk[:, layer.q_heads :]
+    else:  # Qwen3 normalizes each head before the rotation
+        q = rotate(rms_norm(x[:, :nq].view(width, -1, d), layer.q_norm), cos, sin)
+        k = rotate(rms_norm(x[:, nq : nq + nkv].view(width, -1, d), layer.k_norm), cos, sin)
+    return q, k, x[:, nq + nkv :].view(width, -1, d)
+
+
+def layer_output(layer: _Layer, h: Tensor, attended: Tensor) -> Tensor:
+    """The rest of a layer after attention (S, heads * D): output projection, gated MLP, residuals."""
+    h = h + layer.o_proj(attended)
+    gate, up = layer.gate_up(rms_norm(h, layer.norm2)).split(layer.inter, dim=-1)
+    return h + layer.down_proj(layer.act(gate) * up)
+
+
 class NativeEngine(HFEngine):
     """``HFEngine`` with the decoder body written out for the Llama family (module docstring)."""
 
@@ -183,20 +203,10 @@ class NativeEngine(HFEngine):
                 h = h.to(layer.device)
             if cos.device != layer.device:
                 cos, sin = cos.to(layer.device), sin.to(layer.device)
-            d, nq, nkv = layer.head_dim, layer.nq, layer.nkv
-            x = layer.qkv(rms_norm(h, layer.norm1))
-            if layer.q_norm is None:  # rotate q and k as one tensor: fewer ops, the same values
-                qk = rotate(x[:, : nq + nkv].view(width, -1, d), cos, sin)
-                q, k = qk[:, : layer.q_heads], qk[:, layer.q_heads :]
-            else:  # Qwen3 normalizes each head before the rotation
-                q = rotate(rms_norm(x[:, :nq].view(width, -1, d), layer.q_norm), cos, sin)
-                k = rotate(rms_norm(x[:, nq : nq + nkv].view(width, -1, d), layer.k_norm), cos, sin)
-            v = x[:, nq + nkv :].view(width, -1, d)
+            q, k, v = attention_inputs(layer, h, cos, sin)
             k_buf, v_buf = cache.write(layer.index, k, v)
             out = attend(q.transpose(0, 1)[None], k_buf, v_buf, plan, layer.scaling)
-            h = h + layer.o_proj(out.reshape(width, -1))
-            gate, up = layer.gate_up(rms_norm(h, layer.norm2)).split(layer.inter, dim=-1)
-            h = h + layer.down_proj(layer.act(gate) * up)
+            h = layer_output(layer, h, out.reshape(width, -1))
         return rms_norm(h.to(base.norm.weight.device), base.norm)
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from lm_eval_routed.config import RoutedConfig
 from lm_eval_routed.core.accounting import CostModel, ParamSizes
+from lm_eval_routed.core.compiled import compile_engine
 from lm_eval_routed.core.decoder import MixedDecoder
 from lm_eval_routed.core.engine import HFEngine
 from lm_eval_routed.core.native import checked_engine, unsupported
@@ -207,6 +208,11 @@ class RoutedRuntime:
                 "llm_lookahead": self.decoder.options.riding,
                 "prepacked": self.prepacked,
                 "engine": {"slm": self.decoder.slm.kind, "llm": self.decoder.llm.kind},
+                # decode steps each engine ran compiled (compiled.py); None: not compiled
+                "compiled_steps": {
+                    name: e.compiled and e.compiled.steps
+                    for name, e in (("slm", self.decoder.slm), ("llm", self.decoder.llm))
+                },
                 "schedule": self.cfg.schedule,
                 "seed": self.cfg.seed,
                 "params_slm": self.params_slm.total,
@@ -312,9 +318,11 @@ def build_runtime(cfg: RoutedConfig, slm=None, llm=None, tokenizer=None) -> Rout
     vocab = min(
         slm.get_output_embeddings().weight.shape[0], llm.get_output_embeddings().weight.shape[0]
     )
-    slm_engine = make_engine(slm, vocab, cfg.engine, cfg.prepack)
+    slm_engine = make_engine(slm, vocab, cfg.engine, cfg.prepack, compile=cfg.compile)
     # the LLM's logits meet the SLM's rows (sampling generators, routers) on the SLM's device
-    llm_engine = make_engine(llm, vocab, cfg.engine, cfg.prepack, output_device=slm_engine.device)
+    llm_engine = make_engine(
+        llm, vocab, cfg.engine, cfg.prepack, output_device=slm_engine.device, compile=cfg.compile
+    )
     if router is None:  # models handed in
         router = make_router(cfg.router, cfg, slm)
     params_slm, params_llm = count_params(slm), count_params(llm)
@@ -363,11 +371,23 @@ def make_engine(
     choice: str = "auto",
     prepack: bool = True,
     output_device: torch.device | None = None,
+    compile: bool = False,
 ) -> HFEngine:
     """The engine ``choice`` names for ``model``: ``native`` where it covers the model and agrees
     with Hugging Face's forward on a probe, ``hf`` otherwise (``auto``), or the one asked for; with
     ``prepack``, on prepacked CPU linear layers of its own; outputs on ``output_device`` (default:
-    where the model's embedding runs)."""
+    where the model's embedding runs); with ``compile``, its decode steps compiled (compiled.py)."""
+    engine = _choose_engine(model, vocab, choice, prepack, output_device)
+    return compile_engine(engine) if compile else engine
+
+
+def _choose_engine(
+    model: torch.nn.Module,
+    vocab: int,
+    choice: str,
+    prepack: bool,
+    output_device: torch.device | None,
+) -> HFEngine:
     hf = HFEngine(model, vocab, prepack=prepack, output_device=output_device)
     if choice == "hf":
         return hf
