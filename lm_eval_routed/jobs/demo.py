@@ -134,9 +134,7 @@ def main(argv: list[str]) -> int:
 
     try:
         summaries = run(batched.configs, batched.tasks)
-        routers = [
-            s for s in summaries if s["config"]["router"] in TRAINED and s["accounting"]
-        ]
+        routers = [s for s in summaries if s["config"]["router"] in TRAINED and s["accounting"]]
         for router in routers:  # each control on its router's task only: shares differ by task
             control = matched_control(router, lambda cfg, t=router["task"]: run([cfg], [t])[0])
             summaries.append({**control, "control_of": router["label"]})

@@ -99,9 +99,9 @@ def preflight_matrix(
     """Every configuration of a matrix built and checked, and every path it names, before any model
     loads or file is written: ``include_path``, task YAML paths, ``config`` files, router checkpoints
     (their files read as far as their headers), local model folders, ``accounting_path``,
-    ``offload_folder`` and ``latency_model``, and the output folder ``out`` (made with its parents later, so only a file in
-    its way is refused). Returns the configurations, in order. ``source`` (the matrix file) starts
-    each error."""
+    ``offload_folder`` and ``latency_model``, and the output folder ``out`` (made with its parents
+    later, so only a file in its way is refused). Returns the configurations, in order. ``source``
+    (the matrix file) starts each error."""
     try:
         check_unique_tasks(tasks)
         check_include_path(include_path)
