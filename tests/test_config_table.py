@@ -22,6 +22,7 @@ OTHER = {
     "guess_ahead": 3, "llm_lookahead": False, "prepack": False, "engine": "hf", "compile": True,
     "llm_device_map": "cpu", "max_memory": "cpu:1GiB", "offload_folder": "off", "schedule": "lockstep",
     "seed": 7, "cost_slm": (0.1, 0.01), "cost_llm": (0.2, 0.02), "cost_router": 0.001,
+    "latency_model": "latency.json",
     "params_slm_nominal": 1.5e9, "params_llm_nominal": 32e9, "accounting_path": "a.jsonl",
     "record_tokens": False, "trust_remote_code": True, "name": "mine",
 }  # fmt: skip
