@@ -238,6 +238,9 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(pair, tokenizer, tmp_path
     a = load_file(tmp_path / "ckpt-a" / "model.safetensors")
     b = load_file(tmp_path / "ckpt-b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="holds 3 finished steps, more than --steps=2"):
+        fewer = RStitchPlusOptions(**{**OPTS.__dict__, "steps": 2})
+        train_rstitch_plus(rt, prompts, parity, fewer, tmp_path / "b", None, LATENCY, "tiny")
     lines = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 1, 2]
     for key in ("reward", "accuracy", "latency_s", "switch_rate", "llm_share"):

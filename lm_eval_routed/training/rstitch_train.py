@@ -38,7 +38,7 @@ from lm_eval_routed.loading.latency_model import LatencyModel
 from lm_eval_routed.loading.runtime import RoutedRuntime, sample_seed
 from lm_eval_routed.routers import checkpoint
 from lm_eval_routed.routers.rstitch_plus import KIND, SWITCH, PolicyNet
-from lm_eval_routed.training.common import JsonlLog
+from lm_eval_routed.training.common import JsonlLog, encode_prompt, pick_field
 from lm_eval_routed.training.rstitch_plus import Clip, Rollout, dapo_loss, reward
 from lm_eval_routed.training.rstitch_rollouts import Prompt, RolloutResult, rollouts
 
@@ -256,6 +256,11 @@ def train_rstitch_plus(
     state = (
         _load_state(state_path, hidden, opts) if state_path.is_file() else _new_state(hidden, opts)
     )
+    if state.step > opts.steps:
+        raise ConfigError(
+            f"{workdir} holds {state.step} finished steps, more than --steps={opts.steps}; give "
+            f"--steps {state.step} or more, or another --workdir"
+        )
     book = JsonlLog(workdir / "log.jsonl", ("step",))
     bar = tqdm(total=opts.steps, initial=min(state.step, opts.steps), desc="rstitch-plus steps")
     while state.step < opts.steps:
@@ -267,7 +272,7 @@ def train_rstitch_plus(
             opts.threshold,
             [prompts[i] for i in picked],
             opts.group,
-            seed=hash_seed(opts.seed, state.step),
+            seed=step_seed(opts.seed, state.step),
             checker=checker,
             latency=latency,
             max_new_tokens=opts.max_new_tokens,
@@ -299,7 +304,7 @@ def train_rstitch_plus(
     return {**last, "checkpoint": str(out) if out is not None else None}
 
 
-def hash_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
     """The rollout seed of a step: its own stream, the same on a resumed run."""
     return sample_seed(seed, "rstitch-plus-step", step)
 
@@ -344,7 +349,5 @@ def write_checkpoint(
 
 def load_prompts(rows: list[dict], field: str, tokenizer, chat: bool, source: str) -> list[Prompt]:
     """Each row's prompt encoded as the run encodes it (raw text, or the chat template)."""
-    from lm_eval_routed.training.common import encode_prompt, pick_field
-
     texts = pick_field(rows, field, source)
     return [Prompt(encode_prompt(tokenizer, t, chat), r) for t, r in zip(texts, rows)]
