@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from lm_eval_routed.config_args import load_config  # noqa: E402
 from lm_eval_routed.core.rows import GenRequest  # noqa: E402
-from lm_eval_routed.loading import demo_pair, latency_model  # noqa: E402
+from lm_eval_routed.loading import demo_pair  # noqa: E402
 from lm_eval_routed.loading.runtime import build_runtime  # noqa: E402
 from lm_eval_routed.routers import checkpoint  # noqa: E402
 from lm_eval_routed.training.citer import (  # noqa: E402
@@ -53,7 +53,7 @@ from lm_eval_routed.training.r2r_train import (  # noqa: E402
 from lm_eval_routed.training.rstitch_rollouts import Prompt  # noqa: E402
 from lm_eval_routed.training.rstitch_train import (  # noqa: E402
     RStitchPlusOptions,
-    fit_latency,
+    run_latency,
     train_rstitch_plus,
 )
 from lm_eval_routed.training.trainer import TrainOptions  # noqa: E402
@@ -402,12 +402,7 @@ def demo_rstitch_plus(pair, work: Path, out: Path) -> dict:
         "cost_llm": "0:0",
     }
     runtime = build_runtime(load_config(cfg), slm=slm, llm=llm, tokenizer=tok)
-    latency_file = folder / "latency.json"
-    if latency_file.is_file():
-        latency = latency_model.load(latency_file)
-    else:
-        latency = fit_latency(runtime)
-        latency_model.save(latency_file, latency)
+    latency = run_latency(runtime, folder, None)
     prompts = [Prompt(tok(r["prompt"], add_special_tokens=False)["input_ids"], r) for r in rows]
     last = train_rstitch_plus(
         runtime,

@@ -157,10 +157,10 @@ class MixedDecoder:
         tokens, _ = choose(out.logits, rows)
         if routed is None:
             gens = [r.route_gen for r in rows]
-            context = None
-            if self.router.reads_context:  # built only for a router that reads it: a hot path
+            context, requests = None, []
+            if self.router.reads_context:  # built only for a router that reads them: a hot path
                 context = torch.tensor([len(r.seq) + len(r.unchecked.tokens) for r in rows])
-            requests = [r.index for r in rows]
+                requests = [r.index for r in rows]
             view = StepView(out.logits, out.hidden, torch.tensor(tokens), gens, context, requests)
             routed = self._route(rows, self.router.route_step(view))
         outcomes = self._outcomes(rows, routed)  # blind rows' too: guessing may have stopped
@@ -241,8 +241,7 @@ class MixedDecoder:
             self._commit(row, token, Model.LLM)
             row.waiting = False
         if self.kind is RouterKind.STITCH:
-            gens, requests = [r.route_gen for r in rows], [r.index for r in rows]
-            view = StepView(logits, hidden, torch.tensor(tokens), gens, requests=requests)
+            view = StepView(logits, hidden, torch.tensor(tokens), [r.route_gen for r in rows])
             keep = self.router.keep_step(view)
             self._charge_calls(rows, keep.calls)
             for row, stay in zip(rows, keep.chosen.tolist()):

@@ -41,8 +41,8 @@ class StepView:
         gens: one routing generator per row, seeded per sample, so decisions do not depend on the
             batch a sample lands in.
         context: (b,) tokens before the position (prompt + generated), for routers that read it.
-        requests: each row's request, as its index in the decoder's ``generate`` list (a router that
-            records its decisions per sample, as R-Stitch+'s training does, keys them by it).
+        requests: each row's request, as its index in the decoder's ``generate`` list, for routers
+            that read the context (R-Stitch+'s training keys its recorded decisions by it).
     """
 
     logits: Tensor
@@ -71,9 +71,8 @@ class Router:
 
     name: ClassVar[str] = "base"
     kind: ClassVar[RouterKind] = RouterKind.TOKEN
-    reads_context: ClassVar[bool] = (
-        False  # StepView.context is filled in only for routers that read it
-    )
+    # StepView.context and .requests are filled in, at the SLM's step, only for routers that read them
+    reads_context: ClassVar[bool] = False
     threshold: float | None = None
 
     def route(self, slm: StepView) -> Tensor:

@@ -267,8 +267,8 @@ def rstitch_plus(args) -> dict:
     from lm_eval_routed.training.citer import load_checker
     from lm_eval_routed.training.rstitch_train import (
         RStitchPlusOptions,
-        fit_latency,
         load_prompts,
+        run_latency,
         train_rstitch_plus,
     )
 
@@ -291,6 +291,8 @@ def rstitch_plus(args) -> dict:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size} must be at least 1")
     rows = load_rows(args.data, args.split, args.limit)
+    if not rows:
+        raise ConfigError(f"{args.data} holds no rows; give the prompts to train on")
     pick_field(rows, args.prompt_field, args.data)
     checker = load_checker(args.checker)
     given = {"config": args.config} if args.config else {}
@@ -324,12 +326,7 @@ def rstitch_plus(args) -> dict:
         },
     )
     runtime = build_runtime(cfg)
-    fitted = workdir / "latency.json"
-    if latency is None and fitted.is_file():
-        latency = latency_model.load(fitted)
-    if latency is None:  # the first step: timed on the engines the rollouts run on
-        latency = fit_latency(runtime)
-        latency_model.save(fitted, latency)
+    latency = run_latency(runtime, workdir, latency)
     prompts = load_prompts(rows, args.prompt_field, runtime.tokenizer, not args.no_chat, args.data)
     data = Path(args.data)
     digest = fingerprint([data]) if data.is_file() else args.data

@@ -128,6 +128,19 @@ def fit_latency(runtime: RoutedRuntime, repeats: int = 3) -> LatencyModel:
     return LatencyModel(fits[Model.SLM], fits[Model.LLM], where)
 
 
+def run_latency(runtime: RoutedRuntime, workdir: Path, given: LatencyModel | None) -> LatencyModel:
+    """The latency model a run's rewards are priced by: ``given``, else the one its work folder
+    keeps, else fitted now on the run's engines (the run's first step) and kept there."""
+    if given is not None:
+        return given
+    kept = workdir / "latency.json"
+    if kept.is_file():
+        return latency_model.load(kept)
+    fitted = fit_latency(runtime)
+    latency_model.save(kept, fitted)
+    return fitted
+
+
 def _new_state(hidden: int, opts: RStitchPlusOptions) -> _State:
     torch.manual_seed(opts.seed)
     net = PolicyNet(hidden, opts.width, opts.context_scale)
@@ -182,15 +195,29 @@ def _batch(n_prompts: int, step: int, opts: RStitchPlusOptions) -> list[int]:
     return out
 
 
-def _logp(net: PolicyNet, results: list[RolloutResult]) -> list[torch.Tensor]:
-    """Each rollout's (n,) log-probabilities of its taken actions under ``net`` (with gradient)."""
-    decisions = [d for r in results for d in r.decisions]
-    if not decisions:
-        return [torch.zeros(0) for _ in results]
-    feats = torch.stack([d.features for d in decisions]).to(next(net.parameters()).dtype)
-    taken = torch.tensor([SWITCH if d.switch else 1 - SWITCH for d in decisions])
-    logp = torch.log_softmax(net.logits_of(feats), -1).gather(-1, taken[:, None])[:, 0]
-    return list(logp.split([len(r.decisions) for r in results]))
+@dataclass(frozen=True)
+class _Taken:
+    """A batch's decisions, stacked once: features (n, H + 1), actions taken (n,), and how many
+    of them each rollout holds."""
+
+    features: torch.Tensor
+    actions: torch.Tensor
+    counts: list[int]
+
+    @classmethod
+    def of(cls, results: list[RolloutResult]) -> _Taken:
+        decisions = [d for r in results for d in r.decisions]
+        features = torch.stack([d.features for d in decisions]) if decisions else torch.zeros(0)
+        actions = torch.tensor([SWITCH if d.switch else 1 - SWITCH for d in decisions])
+        return cls(features, actions, [len(r.decisions) for r in results])
+
+    def logp(self, net: PolicyNet) -> list[torch.Tensor]:
+        """Each rollout's (n,) log-probabilities of its taken actions under ``net`` (with gradient)."""
+        if not self.actions.numel():
+            return [torch.zeros(0) for _ in self.counts]
+        logits = net.logits_of(self.features.to(next(net.parameters()).dtype))
+        logp = torch.log_softmax(logits, -1).gather(-1, self.actions[:, None])[:, 0]
+        return list(logp.split(self.counts))
 
 
 def train_step(
@@ -199,9 +226,10 @@ def train_step(
     """DAPO's update over one batch of rollouts; the step's loss figures."""
     rewards = [reward(r.correct, r.latency_s, opts.lam) for r in results]
     old = [torch.tensor([d.logp for d in r.decisions]) for r in results]
+    taken = _Taken.of(results)
     figures: dict[str, float] = {}
     for update in range(opts.updates):
-        logps = _logp(state.net, results)
+        logps = taken.logp(state.net)
         batch = [Rollout(r.prompt, R, lp, o) for r, R, lp, o in zip(results, rewards, logps, old)]
         out = dapo_loss(batch, Clip())
         if update == 0:
