@@ -84,6 +84,28 @@ def test_logits_and_cache_match_the_eager_engine(engines):
     assert close(b.logits, a.logits) < TOL
 
 
+def test_compiled_steps_give_hugging_faces_own_logits():
+    """Against the reference the engines stand in for: each compiled decode step's logits equal
+    those of transformers' own forward over the whole sequence so far, with no cache (unpacked
+    weights: torch's default products, as the model computes alone)."""
+    model = tiny_llama(2, seed=4, vocab=VOCAB)
+    comp = compile_engine(NativeEngine(model, VOCAB, prepack=False))
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4]]
+    cache = comp.new_cache(3, 24)
+    comp.forward(cache, [0, 1, 2], [0, 0, 0], prompts)
+    seqs = [list(p) for p in prompts]
+    before = comp.compiled.steps
+    for step in range(5):
+        tokens = [(11 * step + 3 * r + 1) % VOCAB for r in range(3)]
+        out = comp.forward(cache, [0, 1, 2], [len(q) for q in seqs], [[t] for t in tokens])
+        for r, t in enumerate(tokens):
+            seqs[r].append(t)
+            with torch.no_grad():
+                ref = model(torch.tensor([seqs[r]])).logits[0, -1, :VOCAB].float()
+            assert close(out.logits[r], ref) < TOL, (step, r)
+    assert comp.compiled.steps == before + 5
+
+
 def test_other_calls_stay_on_the_packed_path(engines):
     """Several tokens, logits at every token or over the whole head: never the compiled step."""
     _, comp = engines

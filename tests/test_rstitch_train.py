@@ -137,12 +137,18 @@ def test_sampled_actions_follow_the_request_not_the_batch(pair, tokenizer):
         rt = _runtime(pair, tokenizer, batch)
         out = rollouts(rt, _net(hidden), TAU, _prompts(tokenizer), 2, 7, parity, LATENCY, 20)
         runs.append([(r.prompt, r.text, [(d.context, d.switch) for d in r.decisions]) for r in out])
-        # logp recorded is the log-probability of the action taken under the sampling net
-        net = _net(hidden)
+        # logp recorded is the log-probability of the action taken under the sampling net,
+        # recomputed in float64 from its weights (Linear, ReLU, Linear: the checkpoint's layout)
+        w = {k: v.double() for k, v in _net(hidden).state_dict().items()}
         for r in out:
             for d in r.decisions:
-                logp = torch.log_softmax(net.logits_of(d.features[None]), -1)[0].detach()
-                assert d.logp == pytest.approx(float(logp[SWITCH if d.switch else 1 - SWITCH]))
+                x = d.features.double()
+                inner = torch.relu(w["inp.weight"] @ x + w["inp.bias"])
+                logp = torch.log_softmax(w["out.weight"] @ inner + w["out.bias"], -1)
+                taken = SWITCH if d.switch else 1 - SWITCH
+                assert d.logp == pytest.approx(float(logp[taken]), abs=1e-5)
+                # and the features are the SLM's state beside the context over its scale
+                assert float(d.features[-1]) == pytest.approx(d.context / 64.0)
     assert runs[0] == runs[1]
     switches = [s for _, _, ds in runs[0] for _, s in ds]
     assert 0 < sum(switches) < len(switches)  # both actions were drawn

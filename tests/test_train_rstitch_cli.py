@@ -120,6 +120,44 @@ def test_mistakes_are_one_line_before_any_model_loads(
     assert needle in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("", "holds no rows"),
+        ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2 is not valid JSON"),
+        ('{"prompt": "a"}\n["b"]\n', "line 2 is a JSON list, not an object"),
+        ('{"prompt": "a"}\n{"text": "b"}\n', "row 2 has no field 'prompt'"),
+    ],
+)
+def test_broken_data_is_one_line_before_any_model_loads(
+    folders, tmp_path, capsys, no_loading, content, needle
+):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(content)
+    assert main(_argv(folders, data, tmp_path / "w", tmp_path / "o", "--steps", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def raises(text: str, row: dict) -> bool:
+    """A checker that breaks on the rollouts' texts."""
+    raise KeyError("answer_key")
+
+
+def test_a_checker_that_raises_stops_the_run_in_one_line(
+    folders, data, tmp_path, capsys
+):
+    work = tmp_path / "w"
+    argv = _argv(folders, data, work, tmp_path / "o", "--steps", "2")
+    argv[argv.index("--checker") + 1] = "test_train_rstitch_cli:raises"
+    assert main(argv) == 2
+    err = capsys.readouterr().err  # progress bars share it with the error
+    said = [line for line in err.splitlines() if "lm-eval-routed train rstitch-plus:" in line]
+    assert len(said) == 1 and "the checker raises raised KeyError" in said[0], err
+    assert "Traceback" not in err
+    assert not (work / "state.safetensors").exists()  # no step finished, none recorded
+
+
 def test_a_work_folder_of_other_settings_is_refused(folders, data, tmp_path, capsys, no_loading):
     work = tmp_path / "w"
     work.mkdir()

@@ -34,7 +34,7 @@ def load_rows(source: str, split: str = "train", limit: int | None = None) -> li
     """Rows of a JSONL file, or of a ``datasets`` id (``name`` or ``name:config``) split."""
     path = Path(source)
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = _jsonl_rows(path)
     elif path.suffix in (".jsonl", ".json") or path.exists():
         raise ConfigError(
             f"query file {source!r} does not exist; give a JSONL file or a dataset id"
@@ -47,12 +47,40 @@ def load_rows(source: str, split: str = "train", limit: int | None = None) -> li
     return rows[:limit] if limit else rows
 
 
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """Each non-blank line of a JSONL file as an object; a line that is not one stops in one line."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{path} line {number} is not valid JSON ({err.msg}, column {err.colno}); "
+                "fix that line (one JSON object per line)"
+            ) from None
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{path} line {number} is a JSON {type(row).__name__}, not an object with fields; "
+                "write one JSON object per line"
+            )
+        rows.append(row)
+    return rows
+
+
 def pick_field(rows: list[dict[str, Any]], field: str, source: str) -> list[str]:
     """The ``field`` of every row as text; a missing field names the fields that exist."""
     if rows and field not in rows[0]:
         raise ConfigError(
             f"{source} has no field {field!r}; its fields are: {', '.join(rows[0])} "
             "(choose one with --prompt-field)"
+        )
+    lacking = next((i for i, r in enumerate(rows) if field not in r), None)
+    if lacking is not None:
+        raise ConfigError(
+            f"{source}: row {lacking + 1} has no field {field!r} (the first row has it); "
+            "fix that row or leave it out"
         )
     return [str(r[field]) for r in rows]
 

@@ -12,6 +12,7 @@ and turns each into a ``RolloutResult``: its text, its decisions, its trajectory
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from lm_eval_routed.core.accounting import Model
 from lm_eval_routed.core.rows import GenRequest, GenResult
+from lm_eval_routed.errors import ConfigError
 from lm_eval_routed.loading.latency_model import LatencyModel, Span, Trajectory, latency_of
 from lm_eval_routed.loading.runtime import RoutedRuntime, sample_seed
 from lm_eval_routed.routers.base import StepView
@@ -145,6 +147,18 @@ def rollouts(
     ]
 
 
+def _verdict(checker: Callable[[str, dict], bool], text: str, row: dict) -> bool:
+    """The checker's answer on one rollout; a checker that raises stops the run in one line."""
+    try:
+        return bool(checker(text, row))
+    except Exception as err:  # noqa: BLE001 (the user's code: any error is theirs to fix)
+        name = getattr(checker, "__name__", repr(checker))
+        raise ConfigError(
+            f"the checker {name} raised {type(err).__name__} ({err}) on a rollout of the row "
+            f"{json.dumps(row, default=str)[:120]}; it must return True or False for any text"
+        ) from None
+
+
 def _result(
     index: int,
     prompt: Prompt,
@@ -163,7 +177,7 @@ def _result(
     return RolloutResult(
         prompt=index,
         text=result.text,
-        correct=bool(checker(result.text, prompt.row)),
+        correct=_verdict(checker, result.text, prompt.row),
         latency_s=latency_of(traj, latency),
         llm_share=result.record.llm_share,
         # recorded under inference mode; a clone made here is a tensor autograd may save
