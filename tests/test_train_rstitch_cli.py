@@ -144,9 +144,7 @@ def raises(text: str, row: dict) -> bool:
     raise KeyError("answer_key")
 
 
-def test_a_checker_that_raises_stops_the_run_in_one_line(
-    folders, data, tmp_path, capsys
-):
+def test_a_checker_that_raises_stops_the_run_in_one_line(folders, data, tmp_path, capsys):
     work = tmp_path / "w"
     argv = _argv(folders, data, work, tmp_path / "o", "--steps", "2")
     argv[argv.index("--checker") + 1] = "test_train_rstitch_cli:raises"

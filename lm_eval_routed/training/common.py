@@ -34,7 +34,9 @@ def load_rows(source: str, split: str = "train", limit: int | None = None) -> li
     """Rows of a JSONL file, or of a ``datasets`` id (``name`` or ``name:config``) split."""
     path = Path(source)
     if path.is_file():
-        rows = _jsonl_rows(path)
+        from lm_eval_routed.evals.task_data import read_jsonl  # the one JSONL reader
+
+        rows = [row for _, row in read_jsonl(path)]
     elif path.suffix in (".jsonl", ".json") or path.exists():
         raise ConfigError(
             f"query file {source!r} does not exist; give a JSONL file or a dataset id"
@@ -45,28 +47,6 @@ def load_rows(source: str, split: str = "train", limit: int | None = None) -> li
         name, _, config = source.partition(":")
         rows = list(datasets.load_dataset(name, config or None, split=split))
     return rows[:limit] if limit else rows
-
-
-def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    """Each non-blank line of a JSONL file as an object; a line that is not one stops in one line."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"{path} line {number} is not valid JSON ({err.msg}, column {err.colno}); "
-                "fix that line (one JSON object per line)"
-            ) from None
-        if not isinstance(row, dict):
-            raise ConfigError(
-                f"{path} line {number} is a JSON {type(row).__name__}, not an object with fields; "
-                "write one JSON object per line"
-            )
-        rows.append(row)
-    return rows
 
 
 def pick_field(rows: list[dict[str, Any]], field: str, source: str) -> list[str]:
